@@ -58,7 +58,8 @@ def posterior(
       var  = sigma2_{t|s} sigma_s^2 / sigma_t^2
 
     Args:
-      x0, x_t: [B, ...]; s, t: [B] with s < t (s may be 0, where the posterior is a point mass at x0).
+      x0, x_t: [B, ...]; s, t: [B] with s < t (s may be 0, where the posterior is a
+        point mass at x0).
     Returns:
       (mean [B, ...], var [B, 1, ...] broadcastable against x).
     """
@@ -70,7 +71,9 @@ def posterior(
     sigma2_s, sigma2_t = process.sigma(s) ** 2, process.sigma(t) ** 2
     # 1 - SNR_t/SNR_s written out so that the x0 coefficient is exact when sigma_s = 0.
     ratio = -jnp.expm1(process.log_snr(t) - process.log_snr(s))  # sigma2_ts / sigma_t^2
-    mean = bcast(alpha_ts * sigma2_s / sigma2_t, x_t) * x_t + bcast(process.alpha(s) * ratio, x0) * x0
+    mean = (
+        bcast(alpha_ts * sigma2_s / sigma2_t, x_t) * x_t + bcast(process.alpha(s) * ratio, x0) * x0
+    )
     var = bcast(ratio * sigma2_s, x0)
     return mean, var
 

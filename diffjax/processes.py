@@ -53,7 +53,9 @@ class Process:
         """log(alpha^2 / sigma^2), clipped to +-LOG_SNR_LIMIT (it is +inf at t = 0 for VP)."""
         t = _as_time(t)
         tiny = jnp.finfo(t.dtype).tiny
-        raw = 2.0 * (jnp.log(jnp.maximum(self._alpha(t), tiny)) - jnp.log(jnp.maximum(self._sigma(t), tiny)))
+        raw = 2.0 * (
+            jnp.log(jnp.maximum(self._alpha(t), tiny)) - jnp.log(jnp.maximum(self._sigma(t), tiny))
+        )
         return jnp.clip(raw, -LOG_SNR_LIMIT, LOG_SNR_LIMIT)
 
     # --- time derivatives ------------------------------------------------------------------
@@ -88,7 +90,9 @@ class Process:
         x = jnp.asarray(x)
         d = math.prod(x.shape[1:])
         sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
-        return -0.5 * sq / self.prior_std**2 - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
+        return -0.5 * sq / self.prior_std**2 - d * (
+            math.log(self.prior_std) + 0.5 * math.log(2 * math.pi)
+        )
 
 
 def _int_beta(beta_min: float, beta_max: float, t: Array) -> Array:
@@ -97,7 +101,7 @@ def _int_beta(beta_min: float, beta_max: float, t: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class VP(Process):
-    """Variance-preserving SDE (Song et al. 2021, eq. 11), linear beta(t) = b_min + t (b_max - b_min):
+    """Variance-preserving SDE (Song et al. 2021, eq. 11), beta(t) = b_min + t (b_max - b_min):
     alpha = exp(-1/2 int_0^t beta), sigma = sqrt(1 - alpha^2); f = -beta/2, g2 = beta."""
 
     beta_min: float = 0.1
@@ -158,7 +162,8 @@ class VE(Process):
 @dataclasses.dataclass(frozen=True)
 class LogSNRProcess(Process):
     """A variance-preserving process given by its log-SNR lambda(t) (Kingma et al. 2021):
-    alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda); f = lambda' sigma^2 / 2, g2 = -lambda' sigma^2."""
+    alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda);
+    f = lambda' sigma^2 / 2, g2 = -lambda' sigma^2."""
 
     def _log_snr(self, t):
         raise NotImplementedError
@@ -194,7 +199,8 @@ class LogSNRProcess(Process):
 class Cosine(LogSNRProcess):
     """Nichol & Dhariwal (2021) cosine schedule in continuous time:
     alpha-bar(t) = cos^2(u_t) / cos^2(u_0), u_t = (t + s) / (1 + s) * pi / 2, so
-    SNR = cos^2 u_t / (sin(u_t - u_0) sin(u_t + u_0)); log-SNR clipped to [log_snr_min, log_snr_max]."""
+    SNR = cos^2 u_t / (sin(u_t - u_0) sin(u_t + u_0));
+    log-SNR clipped to [log_snr_min, log_snr_max]."""
 
     s: float = 0.008
     log_snr_min: float = -20.0
@@ -222,7 +228,9 @@ class Discrete(Process):
     betas: tuple  # [T] beta_1 .. beta_T, float64 values
 
     def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(float(b) for b in schedules.check_betas(self.betas)))
+        object.__setattr__(
+            self, "betas", tuple(float(b) for b in schedules.check_betas(self.betas))
+        )
 
     @property
     def num_steps(self) -> int:
@@ -235,13 +243,16 @@ class Discrete(Process):
 
     def _alpha(self, t):
         grid = np.sqrt(self.alphas_cumprod)
-        return jnp.interp(t, jnp.linspace(0.0, 1.0, self.num_steps + 1, dtype=t.dtype), grid.astype(t.dtype))
+        return jnp.interp(
+            t, jnp.linspace(0.0, 1.0, self.num_steps + 1, dtype=t.dtype), grid.astype(t.dtype)
+        )
 
     def _sigma(self, t):
         return jnp.sqrt(jnp.clip(1.0 - self._alpha(t) ** 2, 0.0, 1.0))
 
     def d_alpha(self, t):
-        # piecewise constant slope of the linear interpolation; right-continuous, last interval at t = 1
+        # piecewise-constant slope of the linear interpolation (right-continuous; t = 1 takes
+        # the last interval)
         t = _as_time(t)
         grid = np.sqrt(self.alphas_cumprod)
         slopes = np.diff(grid) * self.num_steps
@@ -300,7 +311,8 @@ class OTFlow(Process):
 
 @dataclasses.dataclass(frozen=True)
 class Trig(Process):
-    """Trigonometric (variance-preserving) interpolant: alpha = cos(pi t / 2), sigma = sin(pi t / 2)."""
+    """Trigonometric (variance-preserving) interpolant:
+    alpha = cos(pi t / 2), sigma = sin(pi t / 2)."""
 
     def _alpha(self, t):
         return jnp.sin(0.5 * math.pi * (1.0 - t))  # = cos(pi t / 2), exactly 0 at t = 1
@@ -373,7 +385,7 @@ PROCESSES = {
 
 
 def get_process(name: str, **kwargs) -> Process:
-    """A process by name; `discrete` takes `schedule` ('linear', ...), `T` and `zero_terminal_snr`."""
+    """A process by name; `discrete` takes `schedule` ('linear', ...), `T`, `zero_terminal_snr`."""
     if name == "discrete":
         schedule = kwargs.pop("schedule", "linear")
         T = kwargs.pop("T", 1000)

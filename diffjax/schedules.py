@@ -50,7 +50,8 @@ def scaled_linear_betas(T: int = 1000, start: float = 0.00085, end: float = 0.01
 
 
 def cosine_alpha_bar(t, s: float = 0.008) -> np.ndarray:
-    """Nichol & Dhariwal (2021), eq. 17: alpha-bar(t) = f(t) / f(0), f(t) = cos^2((t+s)/(1+s) pi/2)."""
+    """Nichol & Dhariwal (2021), eq. 17: alpha-bar(t) = f(t) / f(0),
+    f(t) = cos^2((t + s) / (1 + s) pi / 2)."""
     f = lambda u: np.cos((u + s) / (1.0 + s) * np.pi / 2.0) ** 2  # noqa: E731
     return f(np.asarray(t, dtype=np.float64)) / f(0.0)
 

@@ -12,7 +12,8 @@ A discrete T-step chain lives on the grid t_n = n / T.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

@@ -7,7 +7,9 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-_CACHE = os.environ.get("DIFFJAX_TEST_COMPILATION_CACHE", os.path.expanduser("~/.cache/diffjax-jax"))
+_CACHE = os.environ.get(
+    "DIFFJAX_TEST_COMPILATION_CACHE", os.path.expanduser("~/.cache/diffjax-jax")
+)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
