@@ -1,6 +1,7 @@
 """diffjax: a JAX functional reference implementation of diffusion and flow-matching models."""
 
-from diffjax import schedules
+from diffjax import guidance, schedules
+from diffjax.inpaint import inpaint
 from diffjax.kernels import bcast, marginal, posterior, transition
 from diffjax.processes import (
     Process,
@@ -25,6 +26,8 @@ __all__ = [
     "cosine",
     "discrete",
     "get_process",
+    "guidance",
+    "inpaint",
     "marginal",
     "ot_flow",
     "posterior",
