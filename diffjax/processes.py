@@ -241,14 +241,21 @@ class Discrete(Process):
         """alpha-bar_n, n = 0..T, float64 numpy [T + 1]."""
         return schedules.alphas_cumprod(self.betas)
 
+    def _one_minus_alpha(self, t):
+        # 1 - alpha is interpolated from a float64 table of (1 - abar) / (1 + sqrt(abar)), so that
+        # sigma = sqrt((1 - alpha)(1 + alpha)) keeps full relative precision near t = 0, where
+        # alpha rounded to float32 would lose it (sigma_1 = 0.01 would come out as 0.0100008).
+        abar = self.alphas_cumprod
+        grid = (1.0 - abar) / (1.0 + np.sqrt(abar))
+        knots = jnp.linspace(0.0, 1.0, self.num_steps + 1, dtype=t.dtype)
+        return jnp.interp(t, knots, grid.astype(t.dtype))
+
     def _alpha(self, t):
-        grid = np.sqrt(self.alphas_cumprod)
-        return jnp.interp(
-            t, jnp.linspace(0.0, 1.0, self.num_steps + 1, dtype=t.dtype), grid.astype(t.dtype)
-        )
+        return 1.0 - self._one_minus_alpha(t)
 
     def _sigma(self, t):
-        return jnp.sqrt(jnp.clip(1.0 - self._alpha(t) ** 2, 0.0, 1.0))
+        oma = self._one_minus_alpha(t)
+        return jnp.sqrt(jnp.clip(oma * (2.0 - oma), 0.0, 1.0))
 
     def d_alpha(self, t):
         # piecewise-constant slope of the linear interpolation (right-continuous; t = 1 takes
