@@ -1,0 +1,109 @@
+"""Training throughput (examples/s) and time to the first step for backbone presets.
+
+  python benchmarks/train.py                       # small CPU defaults
+  python benchmarks/train.py --models unet_ddpm_cifar10,dit_s2 --image_size 32 \
+      --channels 3 --batch_sizes 64,128 --steps 20  # on a GPU
+
+Prints one table row per (model, batch size): parameters, devices, time to the first step
+(trace + compile + run), steady-state steps/s and examples/s (median over timed steps).
+Data are random arrays (throughput does not depend on the values); the loss is L_simple.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from diffjax.parallel import set_cpu_device_count  # noqa: E402
+
+set_cpu_device_count()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffjax import parallel  # noqa: E402
+from diffjax.losses import simple  # noqa: E402
+from diffjax.models import get_model  # noqa: E402
+from diffjax.processes import get_process  # noqa: E402
+from diffjax.train.builders import make_apply  # noqa: E402
+from diffjax.train.components import Components, make_loss_fn  # noqa: E402
+from diffjax.train.optim import make_optimizer  # noqa: E402
+from diffjax.train.spec import CondSpec, EmaSpec, OptimSpec  # noqa: E402
+from diffjax.train.state import create_train_state, param_count  # noqa: E402
+from diffjax.train.step import make_train_step  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="unet_tiny,dit_tiny", help="comma-separated presets")
+    p.add_argument("--model_kwargs", default="", help="e.g. ch=32,num_groups=8 (ints/floats)")
+    p.add_argument("--image_size", type=int, default=8)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--batch_sizes", default="32,64", help="comma-separated global batch sizes")
+    p.add_argument("--steps", type=int, default=10, help="timed steps after the first")
+    p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
+    return p.parse_args(argv)
+
+
+def _kwargs(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        k, v = item.split("=")
+        out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+    return out
+
+
+def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
+    """Time the first step and `steps` further steps of one model at one batch size."""
+    kwargs = {"learn_sigma": False, **kwargs} if name.startswith("dit") else kwargs  # eps only
+    net = get_model(name, in_channels=shape[-1], num_classes=None, **kwargs)
+    x = np.zeros((1, *shape), np.float32)
+    c = Components(
+        init_params=lambda k: net.init(k, x, np.full((1,), 0.5, np.float32))["params"],
+        apply=make_apply(net),
+        process=get_process("vp"),
+        loss=simple,
+        loss_kwargs={},
+        batches=None,
+        data_key="image",
+        example_shape=shape,
+    )
+    tx = make_optimizer(OptimSpec(learning_rate=1e-4))
+    state = parallel.replicate(create_train_state(jax.random.PRNGKey(0), c.init_params, tx), mesh)
+    step = make_train_step(make_loss_fn(c, CondSpec()), tx, EmaSpec(), mesh)
+    data = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
+    key, times = jax.random.PRNGKey(1), []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        state, metrics = step(state, parallel.shard_batch({"image": data}, mesh), key)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - t0)
+    per_step = float(np.median(times[1:])) if steps else float("nan")
+    return dict(
+        params=param_count(state.params), first=times[0], sps=1 / per_step, eps=batch / per_step
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    devices = jax.devices()[: args.devices or None]
+    mesh = parallel.make_mesh(devices)
+    shape = (args.image_size, args.image_size, args.channels)
+    print(f"device: {devices[0].device_kind} x {len(devices)}; image {shape}")
+    print(f"{'model':<20}{'batch':>7}{'params':>12}{'first step s':>14}{'steps/s':>10}{'ex/s':>10}")
+    for name in args.models.split(","):
+        for batch in map(int, args.batch_sizes.split(",")):
+            r = bench(name, _kwargs(args.model_kwargs), shape, batch, args.steps, mesh)
+            print(
+                f"{name:<20}{batch:>7}{r['params']:>12,}{r['first']:>14.2f}{r['sps']:>10.2f}"
+                f"{r['eps']:>10.0f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The pieces a training run is made of, and the loss function over parameters they define.
+
+`Components` is what the config builders produce and what tests can construct by hand (a tiny
+model and in-memory data), so the loop itself depends on no particular model or dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.processes import Process
+from diffjax.train.spec import CondSpec
+from diffjax.typing import Array, PyTree
+
+# apply(params, x_t [B, ...], t [B], cond, *, train: bool, key: Array | None) -> prediction
+ApplyFn = Callable[..., Array]
+
+
+@dataclasses.dataclass
+class Components:
+    """A model (init and apply), a process, a loss, and a stream of numpy batches.
+
+    Attributes:
+      init_params: key -> parameter tree.
+      apply: (params, x_t, t, cond, *, train, key) -> prediction; `key` feeds dropout.
+      process: the forward process.
+      loss: a `diffjax.losses` function (model, key, x0, process, *, cond, **kwargs).
+      loss_kwargs: keyword arguments for `loss`.
+      batches: iterator of dicts of numpy arrays, the global batch on one host.
+      data_key: the batch field holding x0 ('image' or 'x').
+      example_shape: shape of one example, e.g. (8, 8, 1) or (2,).
+      value_range: data range (for writing images), e.g. (-1, 1).
+    """
+
+    init_params: Callable[[Array], PyTree]
+    apply: ApplyFn
+    process: Process
+    loss: Callable[..., tuple[Array, dict]]
+    loss_kwargs: dict[str, Any]
+    batches: Iterator[dict]
+    data_key: str
+    example_shape: tuple[int, ...]
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    reference: Any = None  # optional array of data examples for plots and metrics
+
+
+def drop_labels(key: Array, labels: Array, cond: CondSpec) -> Array:
+    """Replace each label by the null class `num_classes` with probability `label_dropout`
+    (classifier-free guidance training, Ho & Salimans 2021, Algorithm 1). labels: [B] int."""
+    if cond.label_dropout <= 0.0:
+        return labels
+    drop = jax.random.bernoulli(key, cond.label_dropout, labels.shape)  # [B]
+    return jnp.where(drop, jnp.asarray(cond.num_classes, labels.dtype), labels)
+
+
+def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
+    """(params, key, batch) -> (loss, aux): the configured loss with the model bound to params,
+    dropout keyed from `key`, and labels dropped to the null class when conditional."""
+
+    def loss_fn(params, key, batch):
+        label_key, dropout_key, loss_key = jax.random.split(key, 3)
+        labels = None
+        if cond.class_conditional:
+            labels = drop_labels(label_key, jnp.asarray(batch["label"], jnp.int32), cond)
+
+        def model(x_t, t, cond=None):
+            return c.apply(params, x_t, t, cond, train=True, key=dropout_key)
+
+        return c.loss(model, loss_key, batch[c.data_key], c.process, cond=labels, **c.loss_kwargs)
+
+    return loss_fn

@@ -1,0 +1,106 @@
+"""The default experiment ConfigDict; every experiments/*.py starts from it and overrides.
+
+Every field is read by `diffjax.train.spec.spec_from_config` (the typed boundary) or by
+`diffjax.train.builders` (model, process, loss and data by name).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A complete config with every field present, so `--config.x.y=v` overrides type-check."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # one seed: init, per-step keys (fold_in(step_key, step)), sample grids
+    c.prediction = "eps"  # what the model outputs: 'eps', 'x0', 'v', 'score' or 'velocity'
+
+    c.data = ml_collections.ConfigDict()  # the fields of diffjax.data.DataConfig
+    c.data.name = "digits"  # 'digits', 'mnist_idx', 'fashion_mnist_idx', 'image_folder',
+    #                          'tfds:<name>', 'toy_ring', 'toy_random' (diffjax.data.SOURCES)
+    c.data.batch_size = 128  # global batch, split over every device and host
+    c.data.split = "train"  # dataset split
+    c.data.data_dir = ""  # folder of IDX files / image folders / prepared TFDS data ("": none)
+    c.data.tfds_name = ""  # TFDS name for data.name = 'tfds' ("": none)
+    c.data.image_size = 0  # resize images to this side (0: native size)
+    c.data.random_flip = False  # horizontal flips (Ho et al. 2020 use them on CIFAR-10)
+    c.data.toy_kwargs = ml_collections.ConfigDict()  # toy preset options, e.g. k, radius
+    c.data.prefetch = 2  # batches prepared ahead on a background thread
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "unet"  # a key of diffjax.models.MODELS ('unet', 'dit', 'mlp', presets)
+    c.model.kwargs = ml_collections.ConfigDict()  # constructor arguments of that model
+
+    c.process = ml_collections.ConfigDict()
+    c.process.name = "discrete"  # a name for diffjax.processes.get_process
+    c.process.kwargs = ml_collections.ConfigDict({"schedule": "linear", "T": 1000})
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "simple"  # a key of diffjax.losses.LOSSES
+    c.loss.kwargs = ml_collections.ConfigDict()  # its keyword arguments (weighting, ...)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # 'adam' or 'adamw'
+    c.optim.learning_rate = 2e-4  # peak learning rate
+    c.optim.warmup_steps = 0  # linear warm-up steps
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.optim.grad_clip = 1.0  # clip gradients to this global norm (0: off)
+
+    c.ema = ml_collections.ConfigDict()
+    c.ema.decay = 0.9999  # EMA decay of the parameters
+    c.ema.warmup = False  # decay_n = min(decay, (1 + n) / (10 + n)) when True
+
+    c.cond = ml_collections.ConfigDict()
+    c.cond.class_conditional = False  # feed labels to the model
+    c.cond.num_classes = 0  # number of classes; label num_classes is the null class
+    c.cond.label_dropout = 0.0  # probability of the null label during training (CFG)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000  # total optimiser steps
+    c.train.log_every = 50  # metrics to stdout, metrics.jsonl and TensorBoard
+    c.train.checkpoint_every = 500  # orbax checkpoint period
+    c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
+    c.train.sample_every = 0  # sample grid period (0: only at the end)
+    c.train.progress_bar = True  # tqdm bar with steps/s
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.solver = "ddim"  # a diffjax.samplers solver name
+    c.sample.steps = 50  # solver intervals
+    c.sample.num = 64  # samples per grid (0: no grids)
+    c.sample.guidance_scale = 1.0  # CFG: uncond + s (cond - uncond); 1 = conditional only
+    c.sample.kwargs = ml_collections.ConfigDict()  # extra solver options (eta, t_min, ...)
+    return c
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """'quicktest,process=ve' -> {'quicktest': 'True', 'process': 've'} (big_vision style)."""
+    out: dict[str, str] = {}
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        out[name.strip()] = value.strip() if value else "True"
+    return out
+
+
+def check_arg_names(args: dict[str, str], known: tuple[str, ...], where: str) -> None:
+    """ValueError naming any argument of `get_config` that the config file does not know."""
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown} for {where}; known: {list(known)}")
+
+
+def apply_quicktest(c: ml_collections.ConfigDict) -> None:
+    """Shrink a config to run one tiny training step in a test (keeps the family's choices)."""
+    c.data.batch_size = 8
+    c.train.num_steps = 1
+    c.train.log_every = 1
+    c.train.checkpoint_every = 1
+    c.train.keep_checkpoints = 1
+    c.train.progress_bar = False
+    c.sample.num = 0
+    c.sample.steps = 2

@@ -1,0 +1,130 @@
+"""Smoke tests of the launch programs as a user runs them (subprocesses on tiny settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(ROOT, "experiments", "toy2d.py")
+DIGITS = os.path.join(ROOT, "experiments", "digits.py")
+
+
+def run(script, *args, devices=1, timeout=300):
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory):
+    """A 4-step class-conditional digits run on 2 devices with a sample grid at the end."""
+    workdir = tmp_path_factory.mktemp("digits")
+    out = run(
+        "train.py",
+        f"--config={DIGITS}:quicktest",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=4",
+        "--config.train.checkpoint_every=2",
+        "--config.sample.num=10",
+        "--config.sample.steps=3",
+        devices=2,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_train_writes_everything(digits_workdir):
+    files = set(os.listdir(digits_workdir))
+    assert {"config.json", "run_info.json", "metrics.jsonl", "loss.png", "checkpoints"} <= files
+    assert sorted(os.listdir(digits_workdir / "checkpoints")) == ["4"]  # keep_checkpoints = 1
+    grid = np.asarray(Image.open(digits_workdir / "samples_0000004.png"))
+    assert grid.shape == (33 + 1, 10 * 33 + 1)  # one column per class, 8x8 upscaled to 32x32
+    assert json.load(open(digits_workdir / "config.json"))["cond"]["num_classes"] == 10
+
+
+def test_sample_program(digits_workdir, tmp_path):
+    out = run(
+        "sample.py",
+        f"--workdir={digits_workdir}",
+        "--num=6",
+        "--solver=ddpm",
+        "--steps=4",
+        "--class_label=3",
+        f"--out={tmp_path}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = np.load(tmp_path / "samples_ddpm_4.npz")
+    assert data["samples"].shape == (6, 8, 8, 1) and np.all(np.isfinite(data["samples"]))
+    np.testing.assert_array_equal(data["labels"], [3] * 6)
+    assert int(data["step"]) == 4
+    assert (tmp_path / "samples_ddpm_4.png").exists()
+
+
+def test_unknown_config_field_is_a_clear_error(tmp_path):
+    out = run(
+        "train.py",
+        f"--config={TOY}:quicktest",
+        f"--workdir={tmp_path}",
+        "--config.train.no_such_field=3",
+    )
+    assert out.returncode != 0
+    assert "no_such_field" in out.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")  # failed before doing anything
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    out = run(
+        "train.py",
+        f"--config={TOY}:quicktest",
+        f"--workdir={tmp_path}",
+        "--config.data.batch_size=7",
+        devices=2,
+    )
+    assert out.returncode != 0
+    assert "batch size 7 is not divisible by the device count 2" in out.stderr
+
+
+def test_missing_data_dir_and_unknown_tfds_name(tmp_path):
+    mnist = os.path.join(ROOT, "experiments", "mnist.py")
+    out = run(
+        "train.py",
+        f"--config={mnist}:quicktest",
+        f"--workdir={tmp_path}",
+        f"--config.data.data_dir={tmp_path / 'no_such_dir'}",
+    )
+    assert out.returncode != 0 and "no_such_dir" in out.stderr
+    out = run(
+        "train.py",
+        f"--config={TOY}:quicktest",
+        f"--workdir={tmp_path}",
+        "--config.data.name=tfds:no_such_dataset",
+        f"--config.data.data_dir={tmp_path}",
+    )
+    assert out.returncode != 0 and "no_such_dataset" in out.stderr
+
+
+def test_evaluate_program(digits_workdir):
+    out = run(
+        "evaluate.py",
+        f"--workdir={digits_workdir}",
+        "--solvers=ddim:2,ddpm:3",
+        "--num=20",
+        "--noinception",  # Inception features of 40 images take minutes on 2 CPU cores
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.load(open(digits_workdir / "eval_0000004.json"))
+    assert [(r["solver"], r["steps"]) for r in result["rows"]] == [("ddim", 2), ("ddpm", 3)]
+    for row in result["rows"]:
+        assert row["num"] == 20 and np.isfinite(row["sw_pixels"]) and row["sw_pixels"] > 0
+    assert "solver" in out.stdout and "ddpm" in out.stdout  # the printed table
