@@ -220,3 +220,15 @@ def test_noise_level_grids_with_infinite_log_snr_ends():
     np.testing.assert_allclose(lam, np.linspace(*edges, 9)[1:-1], rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="strictly decreasing"):
         time_grid(processes.vp(), 1000, "uniform", t_min=0.99999)  # dt = 1e-8 < f32 ulp at 1
+
+
+def test_pc_corrector_skips_a_vanishing_score(key):
+    """A zero score gives the Langevin corrector no direction: the step is skipped (the
+    step-size formula would otherwise divide by a zero norm and return inf)."""
+    import diffjax
+
+    zero_score = lambda x, t: jnp.zeros_like(x)
+    out = diffjax.sample(
+        key, zero_score, diffjax.ve(), (4, 2), solver="pc", steps=5, prediction="score"
+    )
+    assert bool(jnp.all(jnp.isfinite(out)))

@@ -43,8 +43,12 @@ def langevin(ctx: Context, x, key, t, a):
     def body(j, x):
         score = ctx.predict(x, t, "score")
         z = noise_like(jax.random.fold_in(key, j), x)
-        ratio = ctx.opts["snr"] * _batch_mean_norm(z) / _batch_mean_norm(score)
-        eps = 2.0 * a * ratio**2
+        score_norm = _batch_mean_norm(score)
+        # a vanishing score gives no direction to correct along: skip the step instead of
+        # taking an infinite one (the formula's limit)
+        safe = jnp.where(score_norm > 0, score_norm, 1.0)
+        ratio = ctx.opts["snr"] * _batch_mean_norm(z) / safe
+        eps = jnp.where(score_norm > 0, 2.0 * a * ratio**2, 0.0)
         return x + eps * score + jnp.sqrt(2.0 * eps) * z
 
     return jax.lax.fori_loop(0, ctx.opts["n_corrector"], body, x)

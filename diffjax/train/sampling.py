@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import guidance
 from diffjax.train.components import Components
 from diffjax.train.spec import CondSpec, SampleSpec, kwargs_dict
 from diffjax.train.writers import save_image_grid, save_points_plot
@@ -23,19 +25,14 @@ def grid_labels(num: int, cond: CondSpec) -> Array | None:
 
 def guided_model(c: Components, params: PyTree, labels: Array | None, scale: float, null: int):
     """model(x_t, t) with the labels bound; for scale != 1 the classifier-free guidance mix
-    uncond + scale (cond - uncond) (Ho & Salimans 2021, eq. 6 with w = scale - 1)."""
+    uncond + scale (cond - uncond) of `diffjax.guidance.cfg` (Ho & Salimans 2022, eq. 6)."""
 
-    def conditional(x_t, t):
-        return c.apply(params, x_t, t, labels, train=False, key=None)
+    def conditional(x_t, t, y=labels):
+        return c.apply(params, x_t, t, y, train=False, key=None)
 
     if labels is None or scale == 1.0:
         return conditional
-
-    def guided(x_t, t):
-        uncond = c.apply(params, x_t, t, jnp.full_like(labels, null), train=False, key=None)
-        return uncond + scale * (conditional(x_t, t) - uncond)
-
-    return guided
+    return guidance.cfg(conditional, labels, jnp.full_like(labels, null), scale)
 
 
 def make_sampler(
@@ -65,9 +62,10 @@ def make_sampler(
             **options,
         )
 
-    # Not wrapped in jax.jit: `sample` compiles its own loop and reads the process's constants
-    # concretely while resolving the time grid, which an outer trace would break.
-    return run
+    # Jitted with the parameters as arguments: `sample` caches its compiled loop by the model
+    # function's identity, and `run` builds a new closure per call, so without this outer jit
+    # every grid would recompile (and bake the parameters in as constants).
+    return jax.jit(run)
 
 
 def write_samples(path: str, samples: np.ndarray, c: Components, cols: int | None = None) -> str:
