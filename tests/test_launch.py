@@ -121,10 +121,18 @@ def test_evaluate_program(digits_workdir):
         "--solvers=ddim:2,ddpm:3",
         "--num=20",
         "--noinception",  # Inception features of 40 images take minutes on 2 CPU cores
+        "--elbo_num=4",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(digits_workdir / "eval_0000004.json"))
     assert [(r["solver"], r["steps"]) for r in result["rows"]] == [("ddim", 2), ("ddpm", 3)]
     for row in result["rows"]:
         assert row["num"] == 20 and np.isfinite(row["sw_pixels"]) and row["sw_pixels"] > 0
+        # the small classifier's Fréchet distance for one-channel images
+        assert np.isfinite(row["fd_classifier"]) and row["fd_classifier"] >= 0
     assert "solver" in out.stdout and "ddpm" in out.stdout  # the printed table
+    # the exact discrete bound of a one-step model: only its form is checked here (the bound's
+    # values are checked against closed forms in tests/test_losses_bounds.py)
+    elbo = result["elbo"]
+    assert elbo["elbo_bpd"] > 0 and np.isfinite(elbo["elbo_bpd_stderr"])
+    assert (digits_workdir / "classifier" / "classifier.json").exists()  # cached once

@@ -10,6 +10,7 @@ data examples by the probability-flow ODE.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -33,14 +34,40 @@ def parse_solvers(text: str) -> list[tuple[str, int]]:
     return pairs
 
 
-def data_examples(spec, num: int) -> np.ndarray:
-    """`num` training examples (in the model's range) from the spec's data source."""
-    batches, out, have = build_batches(spec, prefetch=0), [], 0
+def data_examples(spec, num: int, with_labels: bool = False):
+    """`num` training examples (in the model's range) from the spec's data source, and their
+    labels [num] (or None when the source has none) with `with_labels`."""
+    batches, out, labels, have = build_batches(spec, prefetch=0), [], [], 0
     key = batches.info.get("key", "image")
     while have < num:
-        out.append(np.asarray(next(batches)[key]))
+        batch = next(batches)
+        out.append(np.asarray(batch[key]))
+        labels.append(np.asarray(batch["label"]) if "label" in batch else None)
         have += out[-1].shape[0]
-    return np.concatenate(out)[:num]
+    x = np.concatenate(out)[:num]
+    if not with_labels:
+        return x
+    return x, (None if labels[0] is None else np.concatenate(labels)[:num])
+
+
+def classifier_fn(key, spec, workdir: str, num_train: int = 4000):
+    """Features of the project's small classifier for one-channel (MNIST-like) image data, the
+    Fréchet distance's feature space used for MNIST in the literature; None for other data.
+    The classifier is trained once on labelled training examples and cached in
+    `<workdir>/classifier`."""
+    from diffjax.train import classifier
+
+    images, labels = data_examples(spec, num_train, with_labels=True)
+    if images.ndim != 4 or images.shape[-1] != 1 or labels is None:
+        return None
+    params = classifier.train_classifier(
+        key, images, labels, workdir=os.path.join(workdir, "classifier")
+    )
+    logging.info(
+        "classifier accuracy on its training data: %.3f",
+        classifier.classifier_accuracy(params, images, labels),
+    )
+    return lambda x: np.asarray(classifier.classifier_features(params, x))
 
 
 def inception_fn():
@@ -58,14 +85,32 @@ def inception_fn():
     )
 
 
-def image_metrics(key, samples, data, features) -> dict[str, float]:
+def reference_statistics(workdir: str | None, name: str, features, data):
+    """(mu, sigma) of the data features, cached as `<workdir>/<name>_stats_<N>.npz`."""
+    from diffjax import metrics
+
+    compute = lambda: metrics.feature_statistics(features(data))
+    if workdir is None:
+        return compute()
+    return metrics.cached_statistics(
+        os.path.join(workdir, f"{name}_stats_{len(data)}.npz"), compute
+    )
+
+
+def image_metrics(key, samples, data, features, classifier=None, workdir=None) -> dict:
     from diffjax import metrics
 
     flat = lambda x: x.reshape(x.shape[0], -1)
     out = {"sw_pixels": float(metrics.sliced_wasserstein(key, flat(samples), flat(data)))}
+    if classifier is not None:
+        mu, sigma = reference_statistics(workdir, "classifier", classifier, data)
+        out["fd_classifier"] = float(
+            metrics.frechet_distance(mu, sigma, *metrics.feature_statistics(classifier(samples)))
+        )
     if features is not None:
         fs, fd = features(samples), features(data)
-        out["fid"] = float(metrics.fid(fd, fs))
+        mu, sigma = reference_statistics(workdir, "inception", lambda _: fd, data)
+        out["fid"] = float(metrics.frechet_distance(mu, sigma, *metrics.feature_statistics(fs)))
         kid_mean, _ = metrics.kid(key, fd, fs, subset_size=min(1000, len(fs)))
         out["kid"] = float(kid_mean)
         precision, recall = metrics.precision_recall(fd, fs)
@@ -82,14 +127,20 @@ def point_metrics(key, samples, data) -> dict[str, float]:
     }
 
 
-def evaluate_solvers(key, spec, c, state, pairs, num: int, inception: bool = True) -> list[dict]:
+def evaluate_solvers(
+    key, spec, c, state, pairs, num: int, inception: bool = True, workdir: str | None = None
+) -> list[dict]:
     """One row per (solver, steps): metrics, sampling seconds and the settings used.
 
     `inception=False` skips the Inception-feature metrics (slow on CPU: every image is resized
-    to 299x299).
+    to 299x299). With a `workdir`, one-channel image data also get the Fréchet distance on the
+    features of the project's small classifier, and reference statistics are cached there.
     """
     data = data_examples(spec, num)
     features = inception_fn() if data.ndim == 4 and inception else None
+    classifier = None
+    if workdir is not None and data.ndim == 4:
+        classifier = classifier_fn(jax.random.fold_in(key, 20_000), spec, workdir)
     rows = []
     for i, (solver, steps) in enumerate(pairs):
         sspec = dataclasses.replace(
@@ -107,7 +158,7 @@ def evaluate_solvers(key, spec, c, state, pairs, num: int, inception: bool = Tru
         values = (
             point_metrics(metric_key, samples, data)
             if data.ndim == 2
-            else image_metrics(metric_key, samples, data, features)
+            else image_metrics(metric_key, samples, data, features, classifier, workdir)
         )
         rows.append({"solver": solver, "steps": steps, "num": num, "seconds": seconds, **values})
         logging.info("%s", rows[-1])
@@ -130,6 +181,37 @@ def bits_per_dim(key, spec, c, state, num: int, batch_size: int = 64) -> dict[st
         dequantized=data.ndim == 4,
     )
     return {k: float(v) for k, v in result.items() if np.ndim(v) == 0}
+
+
+def elbo_bits_per_dim(key, spec, c, state, num: int, batch_size: int = 32) -> dict[str, float]:
+    """The discrete DDPM bound (`losses.vlb`, every one of the T terms summed exactly, the
+    discretised decoder for 8-bit images) in bits/dim over `num` data examples, with its
+    standard error over examples. Only for Discrete chains."""
+    from diffjax import losses
+    from diffjax.processes import Discrete
+
+    if not isinstance(c.process, Discrete):
+        raise ValueError(
+            f"the discrete bound needs a Discrete chain; this run trains {type(c.process).__name__}"
+        )
+    data = data_examples(spec, num)
+    model = lambda x, t: c.apply(state.ema_params, x, t, None, train=False, key=None)
+    decoder = "discretized" if data.ndim == 4 else "gaussian"
+    bound = jax.jit(
+        lambda k, x: losses.vlb(
+            model, k, x, c.process, terms="all", decoder=decoder, prediction=spec.prediction
+        )[1]["per_example"]
+    )
+    per = np.concatenate(
+        [
+            np.asarray(bound(jax.random.fold_in(key, i), data[i : i + batch_size]))
+            for i in range(0, num, batch_size)
+        ]
+    )
+    return {
+        "elbo_bpd": float(per.mean()),
+        "elbo_bpd_stderr": float(per.std(ddof=1) / np.sqrt(len(per))),
+    }
 
 
 def format_table(rows: list[dict]) -> str:
