@@ -56,7 +56,7 @@ def test_regression_losses_match_irreducible_loss(name):
         assert abs(float(value) - expected) < 5 * stderr + 1e-5 * abs(expected), msg
 
 
-@pytest.mark.parametrize("name", ["vp", "ve", "discrete_linear", "rectified_flow", "trig"])
+@pytest.mark.parametrize("name", ["vp", "ve", "discrete", "rectified_flow", "trig"])
 def test_weights_are_one_objective_in_every_kind(name):
     """For an arbitrary prediction, w_k ||k_hat - k||^2 is the same number for every kind k
     (exact: the prediction and the target are converted between kinds with targets.convert)."""

@@ -18,21 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import processes as P
-from diffjax import schedules
 from diffjax.targets import convert
+from tests.test_processes import ALL
 
-PROCESSES = {
-    "vp": P.vp(),
-    "subvp": P.subvp(),
-    "ve": P.ve(),
-    "cosine": P.cosine(),
-    "discrete_linear": P.discrete(schedules.linear_betas(1000)),
-    "discrete_ztsnr": P.discrete(schedules.get_betas("linear", 1000, zero_terminal_snr=True)),
-    "rectified_flow": P.rectified_flow(),
-    "ot_flow": P.ot_flow(),
-    "trig": P.trig(),
-}
+PROCESSES = ALL  # the nine processes every core test runs over
 KINDS = ("eps", "x0", "v", "score", "velocity")
 D = 3
 
