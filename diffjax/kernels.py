@@ -93,9 +93,9 @@ def learned_log_variance(process: Process, v: Array, s: ArrayLike, t: ArrayLike)
     eq. 15): log Sigma = frac log sigma2_{t|s} + (1 - frac) log sigma2_posterior, with
     frac = (v + 1) / 2 as in the improved-DDPM reference implementation (v in [-1, 1]).
     On a DDPM grid, sigma2_{t|s} = beta_t ('large') and sigma2_posterior = beta-tilde_t ('small').
-    At s = 0 the posterior variance is 0; its log is floored at log(finfo.tiny). Callers that
-    follow improved DDPM's clipped convention there (beta-tilde_1 := beta-tilde_2) pass that
-    value themselves (the `vlb` loss and the 'ddpm' sampler do)."""
+    At s = 0 the posterior variance is 0; its log is floored at log(finfo.tiny). The `vlb` loss
+    follows improved DDPM's clipped convention there (beta-tilde_1 := beta-tilde_2) itself, and
+    the 'ddpm' sampler adds no noise on a step that ends at sigma_s = 0."""
     _, sigma2_ts = transition(process, s, t)
     ratio = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
     small = ratio * process.sigma(s) ** 2
