@@ -1,4 +1,5 @@
-"""Strict test settings: rank promotion raises, a `key` fixture, float64 on request."""
+"""Strict test settings: rank promotion raises, a `key` fixture, float64 on request, and
+`maybe_jit`, which runs a test twice: once eagerly and once with its function under jax.jit."""
 
 import os
 
@@ -27,3 +28,13 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture(params=("eager", "jit"))  # = tests.helpers.JIT_MODES
+def maybe_jit(request):
+    """Identity or jax.jit: wrap the function under test, `maybe_jit(lambda t: p.alpha(t))(t)` or
+    `maybe_jit(f, static_argnames=...)`, so a unit table asserts the same closed forms with and
+    without tracing."""
+    from tests.helpers import jit_or_eager
+
+    return jit_or_eager(request.param)

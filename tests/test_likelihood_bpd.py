@@ -9,6 +9,7 @@ from scipy.stats import norm
 
 from diffjax import processes
 from diffjax.likelihood import bits_per_dim, dequantize, likelihood, nll_dataset
+from tests.helpers import Gaussian
 
 
 def test_uniform_density_on_the_data_cube_is_8_bits():
@@ -69,17 +70,12 @@ def test_dequantize_stays_in_its_bin(key):
     assert np.all((x01 >= 0.0) & (x01 < 1.0))
 
 
-def _gauss_velocity_model(var: float):
-    # Exact velocity of N(0, var I) data under rectified flow: E[x0 | x_t] = a var x / c,
-    # E[eps | x_t] = s x / c with c = a^2 var + s^2; velocity = -x0 + eps (alpha' = -1, sigma' = 1).
+def _gauss_velocity_model(var: float, d: int):
+    # Exact velocity of N(0, var I) data under rectified flow (the oracle of tests/helpers.py):
+    # E[x0 | x_t] = a var x / c, E[eps | x_t] = s x / c with c = a^2 var + s^2; velocity
+    # = -x0 + eps (alpha' = -1, sigma' = 1).
     process = processes.rectified_flow()
-
-    def model(x, t):
-        a, s = process.alpha(t)[:, None], process.sigma(t)[:, None]
-        c = a**2 * var + s**2
-        return (s - a * var) * x / c
-
-    return process, model
+    return process, Gaussian(np.zeros(d), var * np.eye(d)).model(process, "velocity")
 
 
 def test_nll_dataset_dequantized_gaussian(key):
@@ -89,7 +85,7 @@ def test_nll_dataset_dequantized_gaussian(key):
     # D = 4 with 2 repeats is > 5 standard errors; a missing dequantisation shift of half a bin
     # changes E|x|^2 / 8 by ~1e-3 per dim, a wrong offset changes bpd by >= 1.
     var, n, d = 4.0, 8, 4
-    process, model = _gauss_velocity_model(var)
+    process, model = _gauss_velocity_model(var, d)
     k = np.random.default_rng(2).integers(0, 256, size=(n, d)).astype(np.uint8)
     out = nll_dataset(
         key, model, process, k, batch_size=4, num_repeats=2, prediction="velocity", trace="exact"

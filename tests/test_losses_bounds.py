@@ -1,5 +1,5 @@
 """Tests of the likelihood bounds of diffjax.losses (discrete VLB, decoders, VDM bound)
-against closed forms for Gaussian data (see test_losses_helpers.py)."""
+against closed forms for Gaussian data (the oracle of tests/helpers.py)."""
 
 import math
 
@@ -12,16 +12,9 @@ from scipy.stats import norm
 from diffjax import losses, schedules
 from diffjax import processes as P
 from diffjax.losses import decoders
-from tests.test_losses_helpers import (
-    D,
-    coeffs64,
-    exact_model,
-    gaussian,
-    grid_data,
-    init_params,
-    linear_model,
-    sample_data,
-)
+from tests.helpers import Gaussian, coeffs, grid_data, init_params, linear_model, pick
+
+D = 3
 
 
 @pytest.mark.parametrize(
@@ -75,10 +68,11 @@ def vlb_gap(betas, variance, batch, seed=0):
     """Mean over examples of (bound - exact NLL) per dim and its standard error."""
     from scipy.stats import multivariate_normal
 
-    mu, cov = gaussian(2)
+    g = Gaussian.random(D, seed=2)
+    mu, cov = g.mu, g.cov
     process = P.discrete(betas)
-    x0 = sample_data(jax.random.PRNGKey(seed), mu, cov, batch)
-    _, aux = losses.vlb(exact_model(process, mu, cov), jax.random.PRNGKey(seed + 1), x0, process,
+    x0 = g.sample(jax.random.PRNGKey(seed), batch)
+    _, aux = losses.vlb(g.model(process), jax.random.PRNGKey(seed + 1), x0, process,
                         variance=variance, decoder="gaussian", terms="all")  # fmt: skip
     gap = np.asarray(aux["nats"], np.float64) + multivariate_normal(mu, cov).logpdf(np.asarray(x0))
     return gap.mean() / D, gap.std() / math.sqrt(batch) / D
@@ -105,9 +99,7 @@ def test_vlb_large_variance_is_tight_for_fine_chains():
 
 CONTINUOUS = {
     "cosine15": P.cosine(log_snr_min=-15.0, log_snr_max=15.0),
-    "vp": P.vp(),
-    "ve": P.ve(),
-    "rectified_flow": P.rectified_flow(),
+    **pick("vp", "ve", "rectified_flow"),
 }
 
 
@@ -119,21 +111,22 @@ def test_continuous_vlb_terms_match_closed_forms(name):
     diffusion: E = (1 - t_min)/2 (-dlambda/dt) tr(I - sigma^2 C^-1).
     Monte Carlo tolerances: 5 standard errors of the per-example values (d/2 for the
     reconstruction's variance, 2 tr(E^2) scaled for the diffusion's)."""
-    process, (mu, cov) = CONTINUOUS[name], gaussian(3)
+    process, g = CONTINUOUS[name], Gaussian.random(D, seed=3)
+    cov = g.cov
     batch, t_fixed = 20_000, 0.4
-    x0 = sample_data(jax.random.PRNGKey(7), mu, cov, batch)
-    _, aux = losses.continuous_vlb(exact_model(process, mu, cov), jax.random.PRNGKey(8), x0,
+    x0 = g.sample(jax.random.PRNGKey(7), batch)
+    _, aux = losses.continuous_vlb(g.model(process), jax.random.PRNGKey(8), x0,
                                    process, t=jnp.full((batch,), t_fixed))  # fmt: skip
-    t_min, one = losses.default_t_min(process), coeffs64(process, 1.0)
+    t_min, one = losses.default_t_min(process), coeffs(process, 1.0)
     p2 = process.prior_std**2
     r = one["s"] ** 2 / p2
     x0_64 = np.asarray(x0, np.float64)
     prior = 0.5 * np.sum(r - 1 - np.log(r) + one["a"] ** 2 * x0_64**2 / p2, axis=-1)
     np.testing.assert_allclose(aux["prior"], prior, rtol=1e-4, atol=1e-6)
-    c0 = coeffs64(process, t_min)
+    c0 = coeffs(process, t_min)
     recon = 0.5 * D * (math.log(2 * math.pi * c0["s"] ** 2 / c0["a"] ** 2) + 1.0)
     assert abs(float(jnp.mean(aux["reconstruction"])) - recon) < 5 * math.sqrt(D / 2 / batch)
-    c = coeffs64(process, t_fixed)
+    c = coeffs(process, t_fixed)
     lam, _ = np.linalg.eigh(cov)
     e = c["a"] ** 2 * lam / (c["a"] ** 2 * lam + c["s"] ** 2)  # eigenvalues of I - sigma^2 C^-1
     scale = 0.5 * (1.0 - t_min) * -c["dlam"]
@@ -150,7 +143,7 @@ def expected_vdm_bound(process, mu, cov, t_min, n=20_001):
     # tr(I - sigma^2 C^-1) = sum_i SNR l_i / (SNR l_i + 1) over the eigenvalues l_i of Sigma
     e = np.sum(lam_data[None] / (lam_data[None] + np.exp(-lam)[:, None]), axis=-1)
     diffusion = 0.5 * np.sum(0.5 * (e[1:] + e[:-1]) * -np.diff(lam))
-    one, c0 = coeffs64(process, 1.0), coeffs64(process, t_min)
+    one, c0 = coeffs(process, 1.0), coeffs(process, t_min)
     r = one["s"] ** 2 / process.prior_std**2
     ex2 = np.sum(mu**2) + np.trace(cov)
     prior = 0.5 * (D * (r - 1 - np.log(r)) + one["a"] ** 2 * ex2 / process.prior_std**2)
@@ -162,7 +155,8 @@ def test_continuous_bound_tightens_as_log_snr_range_widens():
     """The expected VDM bound (with the exact model, in closed form) exceeds the entropy of the
     Gaussian data and the gap shrinks toward 0 as the log-SNR range widens: below 1e-2
     nats/dim at +-15; the loss's Monte Carlo estimate at +-15 agrees with it (5 s.e.)."""
-    mu, cov = gaussian(2)
+    g = Gaussian.random(D, seed=2)
+    mu, cov = g.mu, g.cov
     entropy = 0.5 * np.linalg.slogdet(2 * math.pi * math.e * cov)[1]
     gaps = []
     for limit in (2.0, 5.0, 15.0):
@@ -172,8 +166,8 @@ def test_continuous_bound_tightens_as_log_snr_range_widens():
     assert all(g > -quad_err for g in gaps) and gaps[0] > gaps[1] > gaps[2] - quad_err, gaps
     assert gaps[2] < 1e-2 and gaps[1] < 1e-2 < gaps[0], gaps
     process, batch = P.cosine(log_snr_min=-15.0, log_snr_max=15.0), 50_000
-    x0 = sample_data(jax.random.PRNGKey(9), mu, cov, batch)
-    value, aux = losses.continuous_vlb(exact_model(process, mu, cov), jax.random.PRNGKey(10), x0,
+    x0 = g.sample(jax.random.PRNGKey(9), batch)
+    value, aux = losses.continuous_vlb(g.model(process), jax.random.PRNGKey(10), x0,
                                        process, antithetic=True)  # fmt: skip
     nats = np.asarray(aux["nats"], np.float64)
     bound = expected_vdm_bound(process, mu, cov, 0.0)

@@ -1,17 +1,26 @@
 """Beta tables against published values and their defining properties."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 from diffjax import schedules
 
 
-def test_linear_matches_published_terminal_alpha_bar():
-    # Ho et al. linear schedule, T = 1000: alpha-bar_T = 4.0358e-05 (the value diffusers'
-    # DDPMScheduler reports for the same table; ENV-NOTES).
+def test_linear_matches_the_closed_form_terminal_alpha_bar():
+    # Ho et al. linear schedule, T = 1000: beta_i = 1e-4 + (i - 1) (0.02 - 1e-4) / 999 and
+    # alpha-bar_T = prod_i (1 - beta_i), here in exact rational arithmetic per factor and a
+    # float64 product (~4.04e-5, the value diffusers' DDPMScheduler reports; ENV-NOTES).
+    T = 1000
+    betas = [Fraction(1, 10_000) + (i - 1) * (Fraction(2, 100) - Fraction(1, 10_000)) / (T - 1)
+             for i in range(1, T + 1)]  # fmt: skip
+    abar_T = math.prod(float(1 - b) for b in betas)
     abar = schedules.alphas_cumprod(schedules.linear_betas())
-    assert abar.shape == (1001,)
-    np.testing.assert_allclose(abar[-1], 4.0358e-05, rtol=1e-4)
+    assert abar.shape == (T + 1,) and abar[0] == 1.0
+    np.testing.assert_allclose(abar[-1], abar_T, rtol=1e-12)
+    np.testing.assert_allclose(schedules.linear_betas(), [float(b) for b in betas], rtol=1e-14)
     np.testing.assert_allclose(schedules.linear_betas()[[0, -1]], [1e-4, 0.02])
 
 
