@@ -11,7 +11,9 @@ kind and x_t give; each target then uses only the part of the pair it needs.
 
 from __future__ import annotations
 
-from diffjax.checks import check_choice
+import numpy as np
+
+from diffjax.checks import check_batch_time, check_choice, check_same_shape, check_time
 from diffjax.kernels import bcast
 from diffjax.processes import Process
 from diffjax.typing import PREDICTION_KINDS, Array, ArrayLike
@@ -46,7 +48,7 @@ def to_x0_eps(pred: Array, kind: str, x_t: Array, t: ArrayLike, process: Process
     return (ds * x_t - s * pred) / det, (a * pred - da * x_t) / det
 
 
-def from_x0_eps(x0: Array, eps: Array, kind: str, x_t: Array, t: ArrayLike, process: Process):
+def from_x0_eps(x0: Array, eps: Array, kind: str, t: ArrayLike, process: Process):
     """The prediction of `kind` for a given (x0, eps) pair at time t."""
     check_choice(kind, PREDICTION_KINDS, "prediction kind")
     if kind == "eps":
@@ -74,13 +76,20 @@ def convert(
       process: the forward process the model was trained on.
     Returns:
       the prediction of kind `target`, [B, ...].
+    Raises:
+      ValueError: an unknown kind, pred and x_t of different shapes, t neither a scalar nor [B],
+        or a concrete t outside [0, 1] (checked also when source == target).
     """
     check_choice(source, PREDICTION_KINDS, "prediction kind")
     check_choice(target, PREDICTION_KINDS, "prediction kind")
+    check_same_shape(pred, x_t, "pred and x_t")
+    if np.ndim(t) != 0:
+        check_batch_time(t, x_t)
+    check_time(t)
     if source == target:
         return pred
     if {source, target} == {"eps", "score"}:  # no division by alpha needed
         s = bcast(process.sigma(t), x_t)
         return -pred / s if target == "score" else -s * pred
     x0, eps = to_x0_eps(pred, source, x_t, t, process)
-    return from_x0_eps(x0, eps, target, x_t, t, process)
+    return from_x0_eps(x0, eps, target, t, process)

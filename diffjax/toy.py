@@ -220,7 +220,7 @@ def exact_model(mix: GaussianMixture, process: Process, prediction: str = "eps")
         if prediction == "score":
             return post.score
         t = jnp.asarray(t, post.x0.dtype)
-        return targets.from_x0_eps(post.x0, post.eps, prediction, x_t, t, process)
+        return targets.from_x0_eps(post.x0, post.eps, prediction, t, process)
 
     return model
 

@@ -7,7 +7,7 @@ import pytest
 
 import diffjax
 from diffjax import kernels, schedules
-from tests.test_processes import ALL
+from tests.helpers import PROCESSES as ALL
 
 
 def test_marginal_moments(key):
@@ -22,13 +22,14 @@ def test_marginal_moments(key):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_posterior_matches_bayes_rule_by_quadrature(name, x64):
+def test_posterior_matches_bayes_rule_by_quadrature(name, x64, maybe_jit):
     """q(x_s | x_t, x0) ∝ q(x_s | x0) q(x_t | x_s): integrate on a fine grid in float64."""
     p = ALL[name]
     x0, x_t = np.array([[0.8]]), np.array([[-0.3]])
+    posterior = maybe_jit(lambda *args: diffjax.posterior(p, *args))
     for s_val, t_val in [(0.1, 0.35), (0.4, 0.8), (0.5005, 0.5015)]:
         s, t = np.array([s_val]), np.array([t_val])
-        mean, var = diffjax.posterior(p, x0, x_t, s, t)
+        mean, var = posterior(x0, x_t, s, t)
         a_s, sig_s = float(p.alpha(s_val)), float(p.sigma(s_val))
         a_ts, v_ts = (float(v[0]) for v in diffjax.transition(p, s, t))
         grid = np.linspace(a_s * 0.8 - 12 * sig_s, a_s * 0.8 + 12 * sig_s, 200_001)
@@ -41,7 +42,7 @@ def test_posterior_matches_bayes_rule_by_quadrature(name, x64):
         np.testing.assert_allclose(float(var.ravel()[0]), v_num, rtol=1e-4)
 
 
-def test_posterior_on_ddpm_grid_matches_ho_eq7(x64):
+def test_posterior_on_ddpm_grid_matches_ho_eq7(x64, maybe_jit):
     T = 100
     betas = schedules.linear_betas(T, 1e-4, 0.02 * 10)
     p = diffjax.discrete(betas)
@@ -49,7 +50,7 @@ def test_posterior_on_ddpm_grid_matches_ho_eq7(x64):
     n = np.array([1, 2, 37, 100])
     x0 = np.array([[0.3], [-1.0], [0.5], [2.0]])
     xt = np.array([[0.1], [0.4], [-0.2], [1.0]])
-    mean, var = diffjax.posterior(p, x0, xt, (n - 1) / T, n / T)
+    mean, var = maybe_jit(lambda *args: diffjax.posterior(p, *args))(x0, xt, (n - 1) / T, n / T)
     b, ab, ab_prev = betas[n - 1], abar[n], abar[n - 1]
     mu = (np.sqrt(ab_prev) * b / (1 - ab))[:, None] * x0 + (
         np.sqrt(1 - b) * (1 - ab_prev) / (1 - ab)

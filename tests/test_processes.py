@@ -8,61 +8,55 @@ from scipy.integrate import solve_ivp
 
 import diffjax
 from diffjax import schedules
-
-ALL = {
-    "vp": diffjax.vp(),
-    "subvp": diffjax.subvp(),
-    "ve": diffjax.ve(),
-    "cosine": diffjax.cosine(),
-    "discrete": diffjax.discrete(schedules.linear_betas(1000)),
-    "discrete_zsnr": diffjax.discrete(schedules.get_betas("linear", 1000, zero_terminal_snr=True)),
-    "rectified_flow": diffjax.rectified_flow(),
-    "ot_flow": diffjax.ot_flow(),
-    "trig": diffjax.trig(),
-}
-CONTINUOUS = {k: v for k, v in ALL.items() if not k.startswith("discrete")}
+from tests.helpers import CONTINUOUS
+from tests.helpers import PROCESSES as ALL
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_finite_at_end_points(name):
+def test_finite_at_end_points(name, maybe_jit):
     p = ALL[name]
     t = jnp.array([0.0, 1e-6, 0.5, 1 - 1e-6, 1.0], jnp.float32)
-    outs = [p.alpha(t), p.sigma(t), p.log_snr(t), *p.sde(t), p.d_alpha(t), p.d_sigma(t)]
+
+    def coefficients(t):
+        return [p.alpha(t), p.sigma(t), p.log_snr(t), *p.sde(t), p.d_alpha(t), p.d_sigma(t)]
+
+    outs = maybe_jit(coefficients)(t)
     for out in outs:
         assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out))), (name, out)
     x = p.prior_sample(jax.random.PRNGKey(0), (3, 2, 2))
     assert bool(jnp.all(jnp.isfinite(p.prior_logp(x))))
 
 
-def test_paper_closed_forms(x64):
+def test_paper_closed_forms(x64, maybe_jit):
     t = np.linspace(0.01, 0.99, 7)
     bmin, bmax = 0.1, 20.0
     beta = bmin + t * (bmax - bmin)
     big_b = bmin * t + 0.5 * (bmax - bmin) * t**2
-    f, g2 = diffjax.vp().sde(t)  # Song et al. 2021 eq. 11
+    f, g2 = maybe_jit(diffjax.vp().sde)(t)  # Song et al. 2021 eq. 11
     np.testing.assert_allclose(f, -beta / 2, rtol=1e-12)
     np.testing.assert_allclose(g2, beta, rtol=1e-12)
-    f, g2 = diffjax.subvp().sde(t)  # eq. 17
+    f, g2 = maybe_jit(diffjax.subvp().sde)(t)  # eq. 17
     np.testing.assert_allclose(f, -beta / 2, rtol=1e-12)
     np.testing.assert_allclose(g2, beta * (1 - np.exp(-2 * big_b)), rtol=1e-12)
-    f, g2 = diffjax.ve(0.01, 50.0).sde(t)  # eq. 9: g2 = d sigma^2 / dt
+    f, g2 = maybe_jit(diffjax.ve(0.01, 50.0).sde)(t)  # eq. 9: g2 = d sigma^2 / dt
     sig = 0.01 * 5000.0**t
     np.testing.assert_allclose(f, 0.0)
     np.testing.assert_allclose(g2, 2 * sig**2 * np.log(5000.0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_sde_is_consistent_with_marginals_by_finite_differences(name, x64):
+def test_sde_is_consistent_with_marginals_by_finite_differences(name, x64, maybe_jit):
     p, h = ALL[name], 1e-6
+    alpha, sigma, sde, d_log_snr = (maybe_jit(f) for f in (p.alpha, p.sigma, p.sde, p.d_log_snr))
     t = np.array([0.1305, 0.3705, 0.6105, 0.8705])  # between the discrete grid's kinks
     if name == "cosine":
         t = np.array([0.2, 0.4, 0.6, 0.8])
-    dlog_alpha = (np.log(p.alpha(t + h)) - np.log(p.alpha(t - h))) / (2 * h)
-    dsig2 = (p.sigma(t + h) ** 2 - p.sigma(t - h) ** 2) / (2 * h)
-    f, g2 = p.sde(t)
+    dlog_alpha = (np.log(alpha(t + h)) - np.log(alpha(t - h))) / (2 * h)
+    dsig2 = (sigma(t + h) ** 2 - sigma(t - h) ** 2) / (2 * h)
+    f, g2 = sde(t)
     np.testing.assert_allclose(f, dlog_alpha, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g2, dsig2 - 2 * f * p.sigma(t) ** 2, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(p.d_log_snr(t), -g2 / p.sigma(t) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(g2, dsig2 - 2 * f * sigma(t) ** 2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d_log_snr(t), -g2 / sigma(t) ** 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
@@ -83,20 +77,20 @@ def test_moment_odes_reproduce_marginals(name, x64):
     np.testing.assert_allclose(sol.y[1], p.sigma(ts) ** 2, rtol=1e-6, atol=1e-10)
 
 
-def test_cosine_process_matches_nichol_alpha_bar(x64):
+def test_cosine_process_matches_nichol_alpha_bar(x64, maybe_jit):
     t = np.linspace(0.05, 0.95, 10)
     np.testing.assert_allclose(
-        diffjax.cosine().alpha(t) ** 2, schedules.cosine_alpha_bar(t), rtol=1e-10
+        maybe_jit(diffjax.cosine().alpha)(t) ** 2, schedules.cosine_alpha_bar(t), rtol=1e-10
     )
 
 
-def test_discrete_grid_values(x64):
+def test_discrete_grid_values(x64, maybe_jit):
     betas = schedules.linear_betas(50)
     p = diffjax.discrete(betas)
     n = np.arange(51)
     abar = np.concatenate([[1.0], np.cumprod(1 - betas)])
-    np.testing.assert_allclose(p.alpha(n / 50) ** 2, abar, rtol=1e-12)
-    np.testing.assert_allclose(p.sigma(n / 50) ** 2, 1 - abar, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(maybe_jit(p.alpha)(n / 50) ** 2, abar, rtol=1e-12)
+    np.testing.assert_allclose(maybe_jit(p.sigma)(n / 50) ** 2, 1 - abar, rtol=1e-10, atol=1e-15)
 
 
 def test_iterated_chain_reproduces_marginal_monte_carlo(key):
@@ -120,11 +114,11 @@ def test_iterated_chain_reproduces_marginal_monte_carlo(key):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_transitions_compose(name, x64):
+def test_transitions_compose(name, x64, maybe_jit):
     """q(x_t | x_0) equals q(x_s | x_0) followed by q(x_t | x_s) (exact moment algebra)."""
     p = ALL[name]
     s, t = np.array([0.0, 0.2, 0.5]), np.array([0.3, 0.7, 0.9])
-    a_ts, v_ts = diffjax.transition(p, s, t)
+    a_ts, v_ts = maybe_jit(lambda s, t: diffjax.transition(p, s, t))(s, t)
     np.testing.assert_allclose(a_ts * p.alpha(s), p.alpha(t), rtol=1e-10)
     np.testing.assert_allclose(a_ts**2 * p.sigma(s) ** 2 + v_ts, p.sigma(t) ** 2, rtol=1e-9)
 

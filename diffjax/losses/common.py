@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from diffjax.checks import check_batch_time, check_choice
-from diffjax.processes import Discrete, Process
+from diffjax.processes import Process
 from diffjax.typing import PREDICTION_KINDS, Array, ArrayLike, ModelFn
 
 
@@ -41,27 +40,23 @@ def sum_over_data(x: Array) -> Array:
     return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
-def grid_index(process: Discrete, t: Array) -> Array:
-    """The step n = round(t T) of a Discrete chain, as int32 [B]."""
-    return jnp.round(t * process.num_steps).astype(jnp.int32)
+def grid_index(process: Process, t: Array) -> Array:
+    """The step n = round(t T) of a discrete chain, as int32 [B]: `process.step_of_time`."""
+    return process.step_of_time(t)
 
 
 def sample_times(key: Array, x0: Array, process: Process, t: ArrayLike | None = None) -> Array:
     """Per-example times [B] in the dtype of x0.
 
-    Given `t`, it is validated (shape [B], values in [0, 1]) and returned. Otherwise, on a
-    `Discrete` chain n is drawn uniformly from {1, ..., T} and t = n / T, so that every
-    coefficient is read at a grid point (Ho et al. 2020, Algorithm 1); on a continuous process
-    t ~ U(0, 1).
+    Given `t`, it is validated (shape [B], values in [0, 1]) and returned. Otherwise they are
+    the process's own `draw_t`: on a discrete chain n is drawn uniformly from {1, ..., T} and
+    t = n / T, so that every coefficient is read at a grid point (Ho et al. 2020, Algorithm 1);
+    on a continuous process t ~ U(0, 1).
     """
     if t is not None:
         check_batch_time(t, x0)
         return jnp.asarray(t, x0.dtype)
-    batch = x0.shape[0]
-    if isinstance(process, Discrete):
-        n = jax.random.randint(key, (batch,), 1, process.num_steps + 1)
-        return n.astype(x0.dtype) / process.num_steps
-    return jax.random.uniform(key, (batch,), x0.dtype)
+    return process.draw_t(key, x0.shape[0], x0.dtype)
 
 
 def call_model(model: ModelFn, x_t: Array, t: Array, cond, expected_shape) -> Array:

@@ -63,7 +63,12 @@ def discretized_log_likelihood(x: Array, mean: Array, logvar: Array) -> Array:
 
     Args:
       x: data on the grid -1 + 2k/255 (k = 0..255); mean and logvar broadcast against it.
+    Below float32 (bfloat16, float16) it is computed in float32, whose resolution the bins of
+    width 2/255 need (and jax.scipy's log_ndtr supports), and returned in the input dtype.
     """
+    out_dtype = jnp.result_type(x, mean, logvar)
+    wide = jnp.promote_types(out_dtype, jnp.float32)
+    x, mean, logvar = (jnp.asarray(a, wide) for a in (x, mean, logvar))
     inv_std = jnp.exp(-0.5 * logvar)
     upper = (x + HALF_BIN - mean) * inv_std  # standardised bin edges
     lower = (x - HALF_BIN - mean) * inv_std
@@ -72,7 +77,7 @@ def discretized_log_likelihood(x: Array, mean: Array, logvar: Array) -> Array:
     inner = _log_normal_mass(lower, upper)
     return jnp.where(
         x < -1.0 + HALF_BIN, left_edge, jnp.where(x > 1.0 - HALF_BIN, right_edge, inner)
-    )
+    ).astype(out_dtype)
 
 
 def check_decoder_data(x0: Array, decoder: str) -> None:

@@ -18,20 +18,19 @@ from diffjax.losses.common import (
     sum_over_data,
 )
 from diffjax.losses.decoders import DECODERS, check_decoder_data, decoder_nll, prior_kl
-from diffjax.processes import Process
+from diffjax.processes import LOSS_T_MIN_SINGULAR, Process
 from diffjax.targets import convert
 from diffjax.typing import Array, ModelFn
 
-# Where sigma(0) = 0 (VP, sub-VP, rectified flow, trig, a Discrete chain) log-SNR is infinite at
-# t = 0 and the bound starts at this t_min instead (the epsilon of Song et al. 2021's likelihood
-# evaluation; log-SNR(1e-5) is about 13.8 for the default VP, close to VDM's 13.3).
-DEFAULT_T_MIN = 1e-5
+# Where sigma(0) = 0 (VP, sub-VP, rectified flow, trig, a discrete chain) log-SNR is infinite at
+# t = 0 and the bound starts at this t_min instead (named once: processes.LOSS_T_MIN_SINGULAR).
+DEFAULT_T_MIN = LOSS_T_MIN_SINGULAR
 
 
 def default_t_min(process: Process) -> float:
-    """0 where the process has sigma(0) > 0 (VE, cosine, OT flow), else DEFAULT_T_MIN."""
-    with jax.ensure_compile_time_eval():  # a constant of the process, also under jit
-        return 0.0 if float(process.sigma(0.0)) > 0.0 else DEFAULT_T_MIN
+    """0 where the process has sigma(0) > 0 (VE, cosine, OT flow), else DEFAULT_T_MIN:
+    `process.loss_t_min`."""
+    return process.loss_t_min
 
 
 def _times(key, x0, t, t_min, antithetic):

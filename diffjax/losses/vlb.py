@@ -11,10 +11,10 @@ import jax.numpy as jnp
 from diffjax.checks import check_choice, is_concrete
 from diffjax.kernels import (
     bcast,
-    learned_log_variance,
+    interpolate_log_variance,
     posterior,
+    posterior_variances,
     split_learned_variance,
-    transition,
 )
 from diffjax.losses.common import (
     call_model,
@@ -22,7 +22,6 @@ from diffjax.losses.common import (
     check_prediction,
     data_dims,
     finish,
-    grid_index,
     mean_over_data,
     sample_times,
     sum_over_data,
@@ -34,7 +33,7 @@ from diffjax.losses.decoders import (
     normal_kl,
     prior_kl,
 )
-from diffjax.processes import Discrete, Process
+from diffjax.processes import Process
 from diffjax.targets import convert
 from diffjax.typing import Array, ModelFn
 
@@ -42,25 +41,30 @@ VARIANCES = ("small", "large", "learned")
 
 
 def _check(process, variance, decoder, terms="sampled"):
-    if not isinstance(process, Discrete):
+    if process.num_steps is None:
         raise ValueError(
-            f"vlb needs a Discrete chain (processes.discrete); got {type(process).__name__}; "
-            "use continuous_vlb for continuous-time processes"
+            "vlb needs a Discrete chain (processes.discrete, a process with num_steps = T); got "
+            f"{type(process).__name__}, which is continuous in time; use continuous_vlb for "
+            "continuous-time processes"
         )
     check_choice(variance, VARIANCES, "variance")
     check_choice(decoder, DECODERS, "decoder")
     check_choice(terms, ("sampled", "all"), "terms")
 
 
-def _fixed_log_variances(process: Discrete, n: Array, dtype) -> tuple[Array, Array]:
+def _step_times(process: Process, n: Array, dtype) -> tuple[Array, Array]:
+    """(s, t) = ((n - 1) / T, n / T) [B], the ends of chain step n."""
+    return process.time_of_step(n - 1, dtype), process.time_of_step(n, dtype)
+
+
+def _fixed_log_variances(process: Process, n: Array, dtype) -> tuple[Array, Array]:
     """(log beta-tilde_n, log beta_n) [B] at steps n [B], with beta-tilde_1 = 0 replaced by
     beta-tilde_2 (the 'clipped' posterior variance of Nichol & Dhariwal's reference code)."""
     T = process.num_steps
-    step = lambda m: ((m - 1).astype(dtype) / T, m.astype(dtype) / T)  # noqa: E731
-    s, t = step(jnp.clip(n, 2, T) if T > 1 else n)
     # beta-tilde = sigma2_{t|s} sigma_s^2 / sigma_t^2 = (1 - SNR_t / SNR_s) sigma_s^2
-    small = -jnp.expm1(process.log_snr(t) - process.log_snr(s)) * process.sigma(s) ** 2
-    _, large = transition(process, *step(n))  # sigma2_{t|s} = beta_n on the grid
+    m = jnp.clip(n, 2, T) if T > 1 else n
+    small, _ = posterior_variances(process, *_step_times(process, m, dtype))
+    _, large = posterior_variances(process, *_step_times(process, n, dtype))  # beta_n on the grid
     tiny = jnp.finfo(dtype).tiny
     return jnp.log(jnp.maximum(small, tiny)), jnp.log(jnp.maximum(large, tiny))
 
@@ -72,13 +76,9 @@ def _model_log_variance(process, variance, v, n, x0):
         return bcast(log_small, x0)
     if variance == "large":
         return bcast(log_large, x0)
-    T = process.num_steps
-    s, t = (n - 1).astype(x0.dtype) / T, n.astype(x0.dtype) / T
-    # kernels.learned_log_variance floors beta-tilde_1 = 0 at `tiny`; at n = 1 interpolate
-    # towards the clipped beta-tilde_2 instead (Nichol & Dhariwal 2021, eq. 15 and their code).
-    frac = (v + 1.0) / 2.0
-    at_one = frac * bcast(log_large, v) + (1.0 - frac) * bcast(log_small, v)
-    return jnp.where(bcast(n == 1, v), at_one, learned_log_variance(process, v, s, t))
+    # kernels.learned_log_variance's interpolation between these extremes; at n = 1 towards the
+    # clipped beta-tilde_2 (Nichol & Dhariwal 2021, eq. 15 and their code), not beta-tilde_1 = 0.
+    return interpolate_log_variance(v, bcast(log_small, v), bcast(log_large, v))
 
 
 def step_terms(out, x0, x_t, n, process, variance, decoder, prediction) -> Array:
@@ -88,8 +88,7 @@ def step_terms(out, x0, x_t, n, process, variance, decoder, prediction) -> Array
     The model mean is `kernels.posterior` with x0 replaced by the x0-prediction; by linearity
     mu_q - mu_p = posterior mean of (x0 - x0_hat, x_t = 0), which has no cancellation.
     """
-    T = process.num_steps
-    s, t = (n - 1).astype(x0.dtype) / T, n.astype(x0.dtype) / T
+    s, t = _step_times(process, n, x0.dtype)
     mean_out, v = split_learned_variance(out) if variance == "learned" else (out, None)
     x0_hat = convert(mean_out, prediction, "x0", x_t, t, process)
     logvar_p = _model_log_variance(process, variance, v, n, x0)
@@ -114,7 +113,7 @@ def _noise(key: Array, n: Array, x0: Array) -> Array:
 
 
 def _noised(key, x0, n, process):
-    t = n.astype(x0.dtype) / process.num_steps
+    t = process.time_of_step(n, x0.dtype)
     eps = _noise(key, n, x0)
     return t, bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps, eps
 
@@ -184,7 +183,7 @@ def vlb(
         )
         t_out = jnp.full((x0.shape[0],), 1.0, x0.dtype)
     else:
-        n = jnp.clip(grid_index(process, sample_times(t_key, x0, process, t)), 1, T)
+        n = jnp.clip(process.step_of_time(sample_times(t_key, x0, process, t)), 1, T)
         t_out, x_t, _ = _noised(noise_key, x0, n, process)
         term = T * step_terms(
             call_model(model, x_t, t_out, cond, out_shape), x0, x_t, n, process, **options
@@ -225,7 +224,7 @@ def hybrid(
     check_decoder_data(x0, decoder)
     t_key, noise_key = jax.random.split(key)
     T = process.num_steps
-    n = jnp.clip(grid_index(process, sample_times(t_key, x0, process, t)), 1, T)
+    n = jnp.clip(process.step_of_time(sample_times(t_key, x0, process, t)), 1, T)
     t_n, x_t, eps = _noised(noise_key, x0, n, process)
     out = call_model(model, x_t, t_n, cond, x0.shape[:-1] + (2 * x0.shape[-1],))
     eps_hat, v = split_learned_variance(out)

@@ -1,13 +1,14 @@
 """Time grids t_max = t_0 > t_1 > ... > t_N = t_min for the samplers, and per-process defaults.
 
-Default `t_min` (where the loop stops), looked up by process type:
-  Discrete                      0     the chain ends at x_0 (Ho et al. 2020)
+Default `t_min` (where the loop stops) is the process's own `sample_t_min`:
+  discrete chain                0     the chain ends at x_0 (Ho et al. 2020)
   VE                            0     sigma(0) = sigma_min > 0, so the score is regular there
   VP, sub-VP, cosine (log-SNR)  1e-3  the score is singular at t = 0 (Song et al. 2021, App. C)
   rectified flow, OT flow, trig 0     the velocity is regular at t = 0; flows are sampled to data
   anything else                 1e-3 if sigma(0) = 0, else 0
-Default spacing: 'discrete' (the integer sub-sequence of the chain) for a Discrete process;
-otherwise 'uniform', except the DPM-Solvers, which use 'log_snr' (Lu et al. 2022, Sec. 3.3).
+Default spacing: 'discrete' (the integer sub-sequence of the chain) for a process with
+`num_steps` (a chain); otherwise 'uniform', except the DPM-Solvers and UniPC
+(LOG_SNR_SOLVERS), which use 'log_snr' (Lu et al. 2022, Sec. 3.3).
 A 'discrete' grid runs over the chain's integers from floor(T t_max) to ceil(T t_min).
 """
 
@@ -25,36 +26,25 @@ from diffjax.typing import Array
 
 SPACINGS = ("uniform", "quadratic", "karras", "log_snr", "discrete")
 
-_DEFAULT_T_MIN = {
-    P.Discrete: 0.0,
-    P.VE: 0.0,
-    P.SubVP: 1e-3,
-    P.VP: 1e-3,
-    P.Cosine: 1e-3,
-    P.LogSNRProcess: 1e-3,
-    P.RectifiedFlow: 0.0,
-    P.OTFlow: 0.0,
-    P.Trig: 0.0,
-}
-
+# solvers whose default spacing is uniform in log-SNR (Lu et al. 2022, Sec. 3.3; Zhao et al. 2023)
+LOG_SNR_SOLVERS = (
+    "dpm_solver", "dpm_solver_pp", "dpm_solver_pp_sde", "dpm_solver_multistep", "unipc",
+)  # fmt: skip
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5
 END_DT = 1e-3  # distance from an end with infinite log-SNR for noise-level grids
 _BISECTION_ITERS = 64
 
 
 def default_t_min(process: P.Process) -> float:
-    """The documented default end time of the sampling loop for this process (table above)."""
-    for cls in type(process).__mro__:
-        if cls in _DEFAULT_T_MIN:
-            return _DEFAULT_T_MIN[cls]
-    return 1e-3 if float(process.sigma(0.0)) == 0.0 else 0.0
+    """The documented default end time of the sampling loop: `process.sample_t_min`."""
+    return process.sample_t_min
 
 
 def default_spacing(process: P.Process, solver: str) -> str:
-    """'discrete' for a Discrete chain, 'log_snr' for the DPM-Solvers, else 'uniform'."""
-    if isinstance(process, P.Discrete):
+    """'discrete' for a chain (num_steps set), 'log_snr' for the DPM-Solvers, else 'uniform'."""
+    if process.num_steps is not None:
         return "discrete"
-    return "log_snr" if solver in ("dpm_solver", "dpm_solver_pp") else "uniform"
+    return "log_snr" if solver in LOG_SNR_SOLVERS else "uniform"
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -85,13 +75,14 @@ def _check_range(process, steps, t_min, t_max, spacing):
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1; got t_min = {t_min!r}, t_max = {t_max!r}")
-    if spacing == "discrete" and not isinstance(process, P.Discrete):
+    if spacing == "discrete" and process.num_steps is None:
         raise ValueError(
-            f"spacing 'discrete' needs a Discrete process; got {type(process).__name__}"
+            "spacing 'discrete' needs a Discrete process (a chain with num_steps = T); got "
+            f"{type(process).__name__}, which is continuous in time"
         )
 
 
-def _discrete_grid(process: P.Discrete, steps: int, t_min: float, t_max: float) -> np.ndarray:
+def _discrete_grid(process: P.Process, steps: int, t_min: float, t_max: float) -> np.ndarray:
     """Integers n_i = round(linspace(n_max, n_min, steps + 1)), n_max = floor(T t_max),
     n_min = ceil(T t_min) (DDIM's uniform sub-sequence,
     including both ends: 'trailing' spacing, Lin et al. 2024, Table 2), as t_n = n / T."""
@@ -103,6 +94,8 @@ def _discrete_grid(process: P.Discrete, steps: int, t_min: float, t_max: float) 
             f"T = {T} Discrete process"
         )
     n = np.round(np.linspace(hi, lo, steps + 1)).astype(np.int64)
+    # host-side float64 n / T (correctly rounded when cast to float32; process.time_of_step is
+    # the traced form, whose float32 division may be one ulp off)
     return n / T
 
 
@@ -152,9 +145,13 @@ def _noise_level_grid(process, u, spacing, t_min, t_max):
     """'log_snr' / 'karras' grids. Where the log-SNR is infinite at an end (alpha(t_max) = 0 or
     sigma(t_min) = 0) the spacing is laid out between the finite levels at t_max - END_DT and
     t_min + END_DT, and the end itself replaces the first (last) point, as for a final sigma = 0
-    in Karras et al. (2022), eq. 5."""
+    in Karras et al. (2022), eq. 5. A process with a `grid_t_floor` (EDM's sigma_min) is laid
+    out as EDM's eq. 5 instead: N points from t_max to t_min + grid_t_floor, then t_min."""
     t_hi = t_max - END_DT if float(process.alpha(t_max)) == 0.0 else t_max
     t_lo = t_min + END_DT if float(process.sigma(t_min)) == 0.0 else t_min
+    floor = getattr(process, "grid_t_floor", None)
+    if floor is not None and float(process.sigma(t_min)) == 0.0:
+        t_lo, u = t_min + floor, np.append(np.linspace(0.0, 1.0, len(u) - 1), 1.0)
     if not t_lo < t_hi:
         raise ValueError(f"{spacing!r} spacing needs t_max - t_min > {2 * END_DT}")
     lam_end, lam_start = process.log_snr(t_lo), process.log_snr(t_hi)
