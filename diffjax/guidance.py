@@ -1,5 +1,10 @@
 """Guidance as model-function transformers: each takes a model function and returns one, so it
-composes with every sampler, loss-free and jit-compatible."""
+composes with every sampler, loss-free and jit-compatible.
+
+The returned models are `jax.tree_util.Partial`s over module-level functions: the wrapped model
+(a pytree model's arrays), the conditions and the scale are pytree leaves, so `sample` and the
+other entry points trace them and new labels, scales or parameters reuse the compiled program.
+A plain-function `model` stays a static leaf (hashed by identity)."""
 
 from __future__ import annotations
 
@@ -31,15 +36,20 @@ def cfg(model: ModelFn, cond: PyTree, uncond: PyTree, scale: float) -> ModelFn:
         [B, L, C], ...), or shared across the batch if the model broadcasts them.
       scale: guidance scale.
     Returns:
-      `guided(x_t, t) -> prediction`.
+      `guided(x_t, t) -> prediction`, a pytree (a `jax.tree_util.Partial`).
     """
+    return jax.tree_util.Partial(_cfg, model, cond, uncond, _leaf(scale))
 
-    def guided(x_t: Array, t: Array) -> Array:
-        both = model(_concat(x_t, x_t), _concat(t, t), _concat(cond, uncond))
-        pred_c, pred_u = jnp.split(both, 2, axis=0)
-        return pred_u + scale * (pred_c - pred_u)
 
-    return guided
+def _leaf(scale):
+    """A Python number as a (weakly typed) array leaf, so that it is traced, not static."""
+    return jnp.asarray(scale) if isinstance(scale, (int, float)) else scale
+
+
+def _cfg(model, cond, uncond, scale, x_t: Array, t: Array) -> Array:
+    both = model(_concat(x_t, x_t), _concat(t, t), _concat(cond, uncond))
+    pred_c, pred_u = jnp.split(both, 2, axis=0)
+    return pred_u + scale * (pred_c - pred_u)
 
 
 def classifier(
@@ -60,8 +70,11 @@ def classifier(
     any prediction kind works: it is converted to the score, guided, and converted back.
 
     Args:
-      classifier_logp: `classifier_logp(x_t, t, y) -> [B]` log-probabilities of the labels.
+      classifier_logp: `classifier_logp(x_t, t, y) -> [B]` log-probabilities of the labels (a
+        plain function, static, or a pytree such as a bound classifier, traced).
       y: the target labels (any pytree the classifier accepts).
+    Returns:
+      `guided(x_t, t, *cond) -> prediction`, a pytree (a `jax.tree_util.Partial`).
     """
     if process is None and prediction != "score":
         raise ValueError(
@@ -69,12 +82,15 @@ def classifier(
             "without it the model must predict the score"
         )
 
-    def guided(x_t: Array, t: Array, *cond) -> Array:
-        grad = jax.grad(lambda x: jnp.sum(classifier_logp(x, t, y)))(x_t)
-        pred = model(x_t, t, *cond)
-        if process is None:
-            return pred + scale * grad
-        score = convert(pred, prediction, "score", x_t, t, process)
-        return convert(score + scale * grad, "score", prediction, x_t, t, process)
+    return jax.tree_util.Partial(
+        _classifier, model, classifier_logp, y, _leaf(scale), process=process, prediction=prediction
+    )
 
-    return guided
+
+def _classifier(model, classifier_logp, y, scale, x_t, t, *cond, process, prediction) -> Array:
+    grad = jax.grad(lambda x: jnp.sum(classifier_logp(x, t, y)))(x_t)
+    pred = model(x_t, t, *cond)
+    if process is None:
+        return pred + scale * grad
+    score = convert(pred, prediction, "score", x_t, t, process)
+    return convert(score + scale * grad, "score", prediction, x_t, t, process)

@@ -1,29 +1,25 @@
 """Inpainting by replacement (Song et al. 2021, App. I.2) with RePaint resampling
-(Lugmayr et al. 2022): the known region is re-noised to the current time and pasted in after
-every reverse step; `jumps` > 1 re-noises the merged state back one step and repeats it."""
+(Lugmayr et al. 2022), as a wrapper around the one scanned loop of `diffjax.samplers`: after every
+solver step t -> s the known region, re-noised to s, is pasted in; `jumps` > 1 diffuses the
+merged state back to t with q(x_t | x_s) and repeats the step. Works with every fixed-step solver
+and takes `sample`'s grid, options and key scheme."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.checks import check_choice, check_same_shape, check_time
-from diffjax.kernels import bcast, posterior, transition
-from diffjax.processes import Discrete, Process
-from diffjax.targets import to_x0_eps
-from diffjax.typing import Array, ModelFn
+from diffjax import modeltree
+from diffjax.checks import check_choice, check_same_shape
+from diffjax.kernels import transition
+from diffjax.processes import Process
+from diffjax.samplers.api import SOLVERS, _resolve
+from diffjax.samplers.base import Context, make_context, noise_like, scan_loop
+from diffjax.typing import PREDICTION_KINDS, Array, ArrayLike, ModelFn
 
-INPAINT_SOLVERS = ("ddpm", "ddim")
-
-
-def _reverse_step(key, model, process, prediction, solver, x_t, s, t):
-    """One reverse step t -> s from the model's (x0, eps) estimate: DDPM's posterior sample
-    (Ho et al. 2020, eq. 7, 'small' variance) or the deterministic DDIM update (eta = 0)."""
-    x0_hat, eps_hat = to_x0_eps(model(x_t, t), prediction, x_t, t, process)
-    if solver == "ddim":
-        return bcast(process.alpha(s), x_t) * x0_hat + bcast(process.sigma(s), x_t) * eps_hat
-    mean, var = posterior(process, x0_hat, x_t, s, t)
-    return mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape, x_t.dtype)
+DEFAULT_STEPS = 100
 
 
 def inpaint(
@@ -34,61 +30,112 @@ def inpaint(
     mask: Array,
     *,
     solver: str = "ddpm",
-    steps: int = 100,
+    steps: int | None = None,
     prediction: str = "eps",
     jumps: int = 1,
-    t_min: float | None = None,
-) -> Array:
+    ts: ArrayLike | None = None,
+    return_info: bool = False,
+    **options,
+):
     """Fill in the unknown region of `known` (where mask == 0) with samples from the model.
 
+    Each step of `solver` from t to s is followed by x_s <- mask * (alpha_s known + sigma_s z)
+    + (1 - mask) * x_s with fresh z ~ N(0, I); with `jumps` = J > 1 (RePaint) the merged x_s is
+    diffused back to t by q(x_t | x_s) and the step and merge are repeated, J rounds in all (a
+    multistep solver's history is the one from before the step in every round).
+
     Args:
-      key: PRNG key.
-      model: `model(x_t, t) -> prediction` of kind `prediction`.
+      key: PRNG key, split as `sample` splits it (the prior and loop keys are `sample`'s; a
+        third key drives the re-noising), so with mask = 0 and jumps = 1 this is `sample`.
+      model: `model(x_t, t) -> prediction` of kind `prediction`; a pytree model's arrays are
+        traced, a plain function is static (as in `sample`).
       known: images [B, ...] whose masked-in part is kept.
       mask: 1 where `known` is known, 0 where it is to be generated; broadcastable to `known`.
-      solver: 'ddpm' (ancestral) or 'ddim' (deterministic) reverse steps.
-      steps: intervals of the uniform time grid from 1 to t_min.
+      solver: any fixed-step name in `diffjax.samplers.SOLVERS` (not the adaptive 'dopri5').
+      steps: intervals of the time grid (default 100); ts: the grid itself, as in `sample`.
       jumps: RePaint resampling rounds per step (1 = plain replacement).
-      t_min: last time (default 0 for a Discrete chain, 1e-3 otherwise); the known region is
+      return_info: also return {'nfe': model calls, 'ts': the grid}.
+      **options: `sample`'s options (t_min, t_max, spacing, denoise_final, clip_x0,
+        learned_variance and the solver's own), with `sample`'s defaults; the known region is
         pasted in exactly at the end.
     Returns:
-      [B, ...] samples equal to `known` where mask == 1.
+      [B, ...] samples equal to `known` where mask == 1 (and the info dict when return_info).
     """
-    check_choice(solver, INPAINT_SOLVERS, "inpainting solver")
+    check_choice(solver, SOLVERS, "solver")
+    check_choice(prediction, PREDICTION_KINDS, "prediction kind")
+    if SOLVERS[solver].run is not None:
+        raise ValueError(f"inpaint needs a fixed-step solver; {solver!r} is adaptive")
+    if isinstance(jumps, bool) or int(jumps) != jumps or jumps < 1:
+        raise ValueError(f"jumps must be an integer >= 1; got jumps = {jumps!r}")
+    if options.get("return_trajectory"):
+        raise ValueError("inpaint keeps no trajectory; got return_trajectory=True")
     known = jnp.asarray(known)
     mask = jnp.broadcast_to(jnp.asarray(mask, known.dtype), known.shape)
     check_same_shape(known, mask, "known and mask")
-    if int(steps) < 1 or int(jumps) < 1:
-        raise ValueError(f"steps and jumps must be >= 1; got steps={steps}, jumps={jumps}")
-    t_min = (0.0 if isinstance(process, Discrete) else 1e-3) if t_min is None else t_min
-    check_time(t_min, "t_min")
-    grid = jnp.linspace(1.0, t_min, int(steps) + 1, dtype=known.dtype)
-    B = known.shape[0]
+    if ts is None and steps is None:
+        steps = DEFAULT_STEPS
+    with jax.ensure_compile_time_eval():  # the grid and defaults are constants, even under jit
+        solver_obj, opts, grid = _resolve(solver, process, steps, options, prediction, ts)
+    leaves, static = modeltree.split(model)
+    x = _run(
+        key,
+        known,
+        mask,
+        jnp.asarray(grid, known.dtype),
+        leaves,
+        model_static=static,
+        process=process,
+        solver_name=solver,
+        prediction=prediction,
+        opts=tuple(sorted(opts.items())),
+        jumps=int(jumps),
+    )
+    if not return_info:
+        return x
+    with jax.ensure_compile_time_eval():
+        nfe = solver_obj.nfe(grid, opts, process) * int(jumps) + int(opts["denoise_final"])
+    return x, {"nfe": nfe, "ts": grid}
 
-    def noised_known(k, s):
-        eps = jax.random.normal(k, known.shape, known.dtype)
-        return bcast(process.alpha(s), known) * known + bcast(process.sigma(s), known) * eps
 
-    def one_round(carry, k):
-        x_t, t, s = carry
-        k_step, k_known, k_back = jax.random.split(k, 3)
-        x_s = _reverse_step(k_step, model, process, prediction, solver, x_t, s, t)
-        x_s = mask * noised_known(k_known, s) + (1.0 - mask) * x_s
-        # RePaint: diffuse the merged state back to t with q(x_t | x_s), used by the next round
-        a_ts, v_ts = transition(process, s, t)
-        back = bcast(a_ts, x_s) * x_s + bcast(jnp.sqrt(v_ts), x_s) * jax.random.normal(
-            k_back, x_s.shape, x_s.dtype
-        )
-        return (back, t, s), x_s
-
-    def step(x_t, inp):
-        k, t_val, s_val = inp
-        t, s = jnp.full((B,), t_val), jnp.full((B,), s_val)
-        _, rounds = jax.lax.scan(one_round, (x_t, t, s), jax.random.split(k, int(jumps)))
-        return rounds[-1], None
-
-    prior_key, loop_key = jax.random.split(key)
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_static", "process", "solver_name", "prediction", "opts", "jumps"),
+)
+def _run(key, known, mask, ts, model_leaves, *, model_static, process, solver_name, prediction,
+         opts, jumps):  # fmt: skip
+    opts = dict(opts)
+    solver = SOLVERS[solver_name]
+    model = modeltree.join(model_leaves, model_static)
+    prior_key, loop_key, paste_key = jax.random.split(key, 3)  # the first two are sample's
     x = process.prior_sample(prior_key, known.shape, known.dtype)
-    keys = jax.random.split(loop_key, int(steps))
-    x, _ = jax.lax.scan(step, x, (keys, grid[:-1], grid[1:]))
+    ctx = make_context(model, process, prediction, opts, ts.shape[0] - 1)
+
+    def step(ctx: Context, carry: dict, step_key, i, t, s) -> dict:
+        round_keys = jax.random.fold_in(paste_key, i)
+        return _replace(solver, ctx, carry, step_key, round_keys, i, t, s, known, mask, jumps)
+
+    x, _ = scan_loop(solver, ctx, loop_key, x, ts, False, step)
+    if opts["denoise_final"]:
+        x = ctx.predict(x, ts[-1], "x0")
     return mask * known + (1.0 - mask) * x
+
+
+def _replace(solver, ctx, carry_t, step_key, round_keys, i, t, s, known, mask, jumps) -> dict:
+    """One inpainting step t -> s: J rounds of (solver step, paste the re-noised known region),
+    each round after the first starting from the previous merged state diffused back to t."""
+    process = ctx.process
+
+    def merge(x_s, k):
+        noised = process.alpha(s) * known + process.sigma(s) * noise_like(k, known)
+        return mask * noised + (1.0 - mask) * x_s
+
+    def round_(r, carry_s):
+        known_key, back_key, solver_key = jax.random.split(jax.random.fold_in(round_keys, r), 3)
+        a_ts, v_ts = transition(process, s, t)  # q(x_t | x_s) = N(a_ts x_s, v_ts I)
+        x_t = a_ts * carry_s["x"] + jnp.sqrt(v_ts) * noise_like(back_key, known)
+        carry_s = solver.step(ctx, {**carry_t, "x": x_t}, solver_key, i, t, s)
+        return {**carry_s, "x": merge(carry_s["x"], known_key)}
+
+    carry_s = solver.step(ctx, carry_t, step_key, i, t, s)  # round 0 with `sample`'s step key
+    carry_s = {**carry_s, "x": merge(carry_s["x"], jax.random.fold_in(round_keys, 0))}
+    return jax.lax.fori_loop(1, jumps, round_, carry_s) if jumps > 1 else carry_s

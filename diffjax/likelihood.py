@@ -15,16 +15,20 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import modeltree
 from diffjax.checks import check_choice, is_concrete
-from diffjax.processes import Process
+from diffjax.processes import LIKELIHOOD_T_EPS, Process
 from diffjax.targets import convert
 from diffjax.typing import PREDICTION_KINDS, Array, ArrayLike, ModelFn, PRNGKey
+
+if TYPE_CHECKING:
+    import diffrax
 
 TRACES = ("exact", "hutchinson")
 # Probe distributions with E[eps eps^T] = I, so E[eps^T A eps] = tr A (Hutchinson 1990).
@@ -33,8 +37,9 @@ PROBES = {
     "rademacher": lambda key, shape, dtype: jax.random.rademacher(key, shape, dtype),
 }
 # Where sigma(0) = 0 the drift is singular at t = 0 (VP: d sigma / dt ~ 1 / sqrt(t)), so the
-# solve starts at t_min = 1e-5, the value of Song et al. (2021)'s likelihood evaluation.
-SINGULAR_T_MIN = 1e-5
+# solve starts at t_min = 1e-5, the value of Song et al. (2021)'s likelihood evaluation (named
+# once, on the processes: `Process.likelihood_t_min` / `likelihood_t_max`).
+SINGULAR_T_MIN = LIKELIHOOD_T_EPS
 # Dopri5 is FSAL: 6 new stages per (accepted or rejected) step, plus 1 evaluation at t_min by
 # the solver's init (counted with jax.debug.callback in tests/test_likelihood.py, diffrax 0.7).
 _NFE_PER_STEP, _NFE_EXTRA = 6, 1
@@ -47,10 +52,9 @@ def default_t_min(process: Process) -> float:
     t = 0 and p_0 is the model's density of the data itself. sigma(0) = 0 (VP, sub-VP, cosine,
     trig, rectified flow, a discrete chain): start at 1e-5 as Song et al. (2021) do;
     the result is the density of x_{t_min}, which differs from p_0 by O(t_min).
+    Reads `process.likelihood_t_min`.
     """
-    with jax.ensure_compile_time_eval():  # concrete even when called under jit
-        sigma0 = float(process.sigma(0.0))
-    return 0.0 if sigma0 > 0.0 else SINGULAR_T_MIN
+    return process.likelihood_t_min
 
 
 def default_t_max(process: Process, prediction: str) -> float:
@@ -60,11 +64,9 @@ def default_t_max(process: Process, prediction: str) -> float:
     There the velocity a' x0 + s' eps needs x0 = (x - sigma eps) / alpha, which is 0 / 0 at
     t = 1. Stopping at 1 - 1e-5 and using the prior there is off by O(1e-5) nats per dimension,
     since p_{1 - delta} = N(0, I) + O(delta) when alpha(1) = 0 and sigma(1) = 1.
+    Reads `process.likelihood_t_max(singular)`, singular for 'eps' and 'score'.
     """
-    with jax.ensure_compile_time_eval():  # concrete even when called under jit
-        alpha1 = float(process.alpha(1.0))
-    singular = prediction in ("eps", "score") and alpha1 == 0.0
-    return 1.0 - SINGULAR_T_MIN if singular else 1.0
+    return process.likelihood_t_max(prediction in ("eps", "score"))
 
 
 def _time_span(process, prediction, t_min, t_max) -> tuple[float, float]:
@@ -113,6 +115,8 @@ def _ode_term(velocity: Callable, probes: Array, trace: str) -> diffrax.ODETerm:
             div = jnp.sum(div, axis=0, keepdims=True)  # [1, B]
         return v, div
 
+    import diffrax  # imported here: `import diffjax` does not load diffrax
+
     return diffrax.ODETerm(vector_field)
 
 
@@ -130,6 +134,8 @@ def _solve(term, x: Array, num: int, span: tuple, rtol: float, atol: float, max_
     """Dopri5 + PID controller over span = (t_min, t_max).
 
     Returns (x_1 [B, ...], int div [num, B], number of steps)."""
+    import diffrax
+
     y0 = (x, jnp.zeros((num, x.shape[0]), x.dtype))
     sol = diffrax.diffeqsolve(
         term,
@@ -174,7 +180,10 @@ def likelihood(
 
     Args:
       key: PRNG key for the Hutchinson probes (unused by trace='exact').
-      model: model(x_t [B, ...], t [B]) (or with `cond`) -> prediction of kind `prediction`.
+      model: model(x_t [B, ...], t [B]) (or with `cond`) -> prediction of kind `prediction`:
+        a pytree model (`diffjax.models.bind`, a `jax.tree_util.Partial`), whose array leaves
+        are traced (a new parameter set reuses the compiled solve), or a plain function, static
+        and hashed by identity (reuse the same function object; each new one compiles anew).
       process: the forward process the model was trained on.
       x: data [B, ...], float.
       prediction: 'eps', 'x0', 'v', 'score' or 'velocity'.
@@ -187,8 +196,10 @@ def likelihood(
       t_max: end time, where the prior is used; default `default_t_max(process, prediction)`
         (1, or 1 - 1e-5 for eps/score models of processes with alpha(1) = 0).
       prior_logp: log p_1, a function [B, ...] -> [B]; default `process.prior_logp`. Override it
-        with the exact marginal at t = 1 where that differs from the prior (tests).
-      cond: optional conditioning passed as the model's third argument.
+        with the exact marginal at t = 1 where that differs from the prior (tests). Static or
+        traced like `model`.
+      cond: optional conditioning passed as the model's third argument (a pytree of arrays,
+        traced).
       max_steps: solver step limit.
       return_info: also return a dict: 'nfe' (model evaluations, each with its divergence),
         'num_steps', 'nll_stderr' [B] (std over probes / sqrt(K); 0 for exact, NaN if K = 1),
@@ -205,6 +216,31 @@ def likelihood(
     _check_args(model, x, prediction, trace, probe, num_probes, rtol, atol, prior_logp, cond)
     span = _time_span(process, prediction, t_min, t_max)
     prior_logp = process.prior_logp if prior_logp is None else prior_logp
+    model_leaves, model_static = modeltree.split(model)
+    prior_leaves, prior_static = modeltree.split(prior_logp)
+    nll, info = _nll(
+        key,
+        x,
+        cond,
+        model_leaves,
+        prior_leaves,
+        model_static=model_static,
+        prior_static=prior_static,
+        process=process,
+        config=(prediction, trace, probe, num_probes, float(rtol), float(atol), span, max_steps),
+    )
+    if not return_info:
+        return nll
+    return nll, dict(info, t_min=span[0], t_max=span[1])
+
+
+@functools.partial(jax.jit, static_argnames=("model_static", "prior_static", "process", "config"))
+def _nll(key, x, cond, model_leaves, prior_leaves, *, model_static, prior_static, process, config):
+    """The jitted solve: the model's and the prior's array leaves are traced arguments (one
+    compilation per static part, shape and configuration, not per parameter set)."""
+    prediction, trace, probe, num_probes, rtol, atol, span, max_steps = config
+    model = modeltree.join(model_leaves, model_static)
+    prior_logp = modeltree.join(prior_leaves, prior_static)
     probes = _probes(key, x, trace, probe, num_probes)
     term = _ode_term(_velocity_fn(model, process, prediction, cond), probes, trace)
     num = 1 if trace == "exact" else num_probes
@@ -212,8 +248,6 @@ def likelihood(
     logp1 = prior_logp(x1)  # [B]
     nll_probes = -(logp1[None, :] + delta)  # [K, B]
     nll = jnp.mean(nll_probes, axis=0)  # [B]
-    if not return_info:
-        return nll
     if trace == "exact":
         stderr = jnp.zeros_like(nll)
     elif num_probes == 1:
@@ -228,8 +262,6 @@ def likelihood(
         prior_logp=logp1,
         delta_logp=jnp.mean(delta, axis=0),
         x1=x1,
-        t_min=span[0],
-        t_max=span[1],
     )
     return nll, info
 
@@ -389,9 +421,10 @@ def nll_dataset(
     if dequantized:
         _check_data_range(scale, num_bins)
         _check_int_data(data, num_bins)
-    solve = jax.jit(
-        lambda k, x: likelihood(k, model, process, x, return_info=True, **likelihood_kwargs)
-    )
+
+    def solve(k, x):  # `likelihood` compiles once per batch shape; the model's arrays are traced
+        return likelihood(k, model, process, x, return_info=True, **likelihood_kwargs)
+
     starts = range(0, data.shape[0], batch_size)
     nll, nfe = np.zeros((num_repeats, data.shape[0])), []
     for r in range(num_repeats):

@@ -8,6 +8,7 @@ import pytest
 import diffjax
 from diffjax import guidance
 from diffjax.inpaint import inpaint
+from tests.helpers import Gaussian
 
 # A 1-D two-class mixture of isotropic Gaussians in D dims: class k ~ N(mu_k, s_k^2 I).
 MU = jnp.array([[-2.0, 1.0], [2.0, 0.5]])
@@ -73,14 +74,9 @@ def test_cfg_is_the_guidance_combination(key):
 
 
 def _gaussian_eps_model(process, cov):
-    """Exact eps-prediction for data N(0, cov): eps = sigma (alpha^2 cov + sigma^2 I)^-1 x_t."""
-
-    def model(x_t, t):
-        a, s = process.alpha(t), process.sigma(t)
-        m = a[:, None, None] ** 2 * cov[None] + s[:, None, None] ** 2 * jnp.eye(cov.shape[0])[None]
-        return s[:, None] * jnp.linalg.solve(m, x_t[..., None])[..., 0]
-
-    return model
+    """Exact eps-prediction for data N(0, cov): eps = sigma (alpha^2 cov + sigma^2 I)^-1 x_t
+    (the oracle of tests/helpers.py)."""
+    return Gaussian(np.zeros(cov.shape[0]), np.asarray(cov)).model(process, "eps")
 
 
 def test_inpainting_keeps_known_and_samples_the_conditional(key):
@@ -119,7 +115,8 @@ def test_inpainting_keeps_known_and_samples_the_conditional(key):
 def test_inpaint_bad_options(key):
     p = diffjax.vp()
     m = lambda x, t: x
-    with pytest.raises(ValueError, match="'euler'"):
-        inpaint(key, m, p, jnp.zeros((2, 2)), jnp.ones((2, 2)), solver="euler")
+    # every fixed-step solver inpaints now ('euler' included); the adaptive one is refused
+    with pytest.raises(ValueError, match="'dopri5'"):
+        inpaint(key, m, p, jnp.zeros((2, 2)), jnp.ones((2, 2)), solver="dopri5")
     with pytest.raises(ValueError, match="jumps"):
         inpaint(key, m, p, jnp.zeros((2, 2)), jnp.ones((2, 2)), jumps=0)

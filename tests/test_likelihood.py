@@ -9,83 +9,21 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from diffjax import processes, targets, toy
+from diffjax import processes, toy
 from diffjax.likelihood import default_t_max, default_t_min, likelihood
+from tests.helpers import PROCESSES, Gaussian
 
 # Tolerance of the task: 1e-3 nats per dimension. Measured errors of the adaptive solve at
 # rtol = atol = 1e-5 in float32 are 5e-6 to 2e-4 nats per dimension.
 TOL_PER_DIM = 1e-3
 
 
-class Gauss:
-    """N(mu, cov) data with its exact eps / x0 predictions at every t (closed form).
-
-    With C(t) = alpha^2 cov + sigma^2 I = Q diag(c) Q^T: E[eps | x_t] = sigma C^-1 (x_t - alpha mu)
-    and E[x0 | x_t] = mu + alpha cov C^-1 (x_t - alpha mu) (Gaussian conditioning). Both are
-    formed without dividing by alpha or sigma, so the model is finite at both ends of [0, 1].
-    """
-
-    def __init__(self, d: int, seed: int):
-        rng = np.random.default_rng(seed)
-        a = rng.normal(size=(d, d))
-        self.d, self.mu = d, rng.normal(size=d)
-        self.cov = a @ a.T / d + 0.3 * np.eye(d)
-        self.lam, self.q = np.linalg.eigh(self.cov)
-
-    def sample(self, n: int, seed: int = 1) -> jax.Array:
-        x = np.random.default_rng(seed).multivariate_normal(self.mu, self.cov, size=n)
-        return jnp.asarray(x, jnp.float32)
-
-    def model(self, process, prediction: str):
-        mu, lam, q = (jnp.asarray(v, jnp.float32) for v in (self.mu, self.lam, self.q))
-
-        def model(x, t):
-            a, s = process.alpha(t)[:, None], process.sigma(t)[:, None]  # [B, 1]
-            z = ((x - a * mu[None]) @ q) / (a**2 * lam[None] + s**2)  # Q^T C^-1 (x - a mu)
-            eps, x0 = s * (z @ q.T), mu[None] + a * ((z * lam[None]) @ q.T)
-            return targets.from_x0_eps(x0, eps, prediction, x, t, process)
-
-        return model
-
-    def coeffs(self, process, t: float) -> tuple[float, float]:
-        return float(process.alpha(t)), float(process.sigma(t))
-
-    def logp(self, process, t: float, x) -> np.ndarray:
-        """Reference log p_t(x) in float64 (scipy)."""
-        a, s = self.coeffs(process, t)
-        cov_t = a**2 * self.cov + s**2 * np.eye(self.d)
-        return multivariate_normal(a * self.mu, cov_t).logpdf(np.asarray(x, np.float64))
-
-    def logp_jax(self, process, t: float):
-        """log p_t as a float32 jax function [B, d] -> [B], for use as the prior."""
-        a, s = self.coeffs(process, t)
-        c = jnp.asarray(a**2 * self.lam + s**2, jnp.float32)
-        mu, q = jnp.asarray(a * self.mu, jnp.float32), jnp.asarray(self.q, jnp.float32)
-        log_norm = -0.5 * float(jnp.sum(jnp.log(2 * math.pi * c)))
-        return lambda x: -0.5 * jnp.sum(((x - mu[None]) @ q) ** 2 / c[None], axis=-1) + log_norm
-
-    def flow_map(self, process, t0: float, t1: float, x) -> np.ndarray:
-        """Analytic probability-flow map x_t0 -> x_t1: the flow of a Gaussian is linear,
-        x_t - alpha_t mu = Q diag(sqrt(c(t) / c(t0))) Q^T (x_t0 - alpha_t0 mu)."""
-        (a0, s0), (a1, s1) = self.coeffs(process, t0), self.coeffs(process, t1)
-        ratio = np.sqrt((a1**2 * self.lam + s1**2) / (a0**2 * self.lam + s0**2))
-        return (
-            a1 * self.mu + ((np.asarray(x, np.float64) - a0 * self.mu) @ self.q * ratio) @ self.q.T
-        )
-
-    def jacobian_integral(self, process, t0: float, t1: float) -> np.ndarray:
-        """int_{t0}^{t1} dv/dx dt = Q diag(log sqrt(c(t1) / c(t0))) Q^T (symmetric, [d, d])."""
-        (a0, s0), (a1, s1) = self.coeffs(process, t0), self.coeffs(process, t1)
-        a = 0.5 * np.log((a1**2 * self.lam + s1**2) / (a0**2 * self.lam + s0**2))
-        return (self.q * a) @ self.q.T
-
-
 CASES = [  # (process, prediction, d): VP as asked, and one process of each other family
-    (processes.vp(), "eps", 3),
-    (processes.subvp(), "x0", 2),
+    (PROCESSES["vp"], "eps", 3),
+    (PROCESSES["subvp"], "x0", 2),
     (processes.ve(sigma_max=20.0), "score", 4),
-    (processes.rectified_flow(), "velocity", 3),
-    (processes.trig(), "v", 2),
+    (PROCESSES["rectified_flow"], "velocity", 3),
+    (PROCESSES["trig"], "v", 2),
 ]
 
 
@@ -95,8 +33,8 @@ CASES = [  # (process, prediction, d): VP as asked, and one process of each othe
 def test_gaussian_exact_trace_matches_closed_form(key, process, prediction, d):
     # The prior is the exact marginal at t_max, so the only error left is the ODE solve's:
     # -log p_{t_min}(x) must equal the closed-form Gaussian log-density at t_min.
-    g = Gauss(d, seed=d)
-    x = g.sample(8)
+    g = Gaussian.random(d, seed=d)
+    x = g.sample_np(8)
     t_min, t_max = default_t_min(process), default_t_max(process, prediction)
     nll = likelihood(
         key,
@@ -114,8 +52,8 @@ def test_default_prior_mismatch_is_accounted_for(key):
     # VP's p_1 is N(alpha_1 mu, alpha_1^2 cov + sigma_1^2 I), not exactly the N(0, I) prior. With
     # the default prior, -nll = log p_{t_min}(x) + log N(x_1; 0, I) - log p_1(x_1), where x_1 is
     # the analytic flow map of x. That map is also checked against the solver's end state.
-    process, g = processes.vp(), Gauss(3, seed=7)
-    x = g.sample(8, seed=3)
+    process, g = processes.vp(), Gaussian.random(3, seed=7)
+    x = g.sample_np(8, seed=3)
     t_min = default_t_min(process)
     nll, info = likelihood(
         key, g.model(process, "eps"), process, x, trace="exact", return_info=True
@@ -135,8 +73,8 @@ def test_hutchinson_is_unbiased_within_its_standard_error(key, probe):
     # 2 sum_{i != j} A_ij^2 for Rademacher ones (Hutchinson 1990). The B * K estimates are
     # independent, so their mean error over the exact value is ~ N(0, var / (B K)): |z| < 4 has a
     # false-alarm rate of 6e-5, while a wrong divergence (e.g. a missing factor) gives |z| >> 4.
-    process, g, b, k = processes.vp(), Gauss(4, seed=11), 16, 32
-    x = g.sample(b, seed=5)
+    process, g, b, k = processes.vp(), Gaussian.random(4, seed=11), 16, 32
+    x = g.sample_np(b, seed=5)
     t_min = default_t_min(process)
     nll, info = likelihood(
         key,
@@ -199,7 +137,7 @@ def test_nfe_counts_model_calls_and_cond_is_passed(key):
     # conditional: cond shifts the data mean, N(mu + shift, cov), so the nll must be the closed
     # form at x - alpha_t shift (loose tolerance: rtol = atol = 1e-3 here).
     calls = []
-    process, g = processes.vp(), Gauss(2, seed=2)
+    process, g = processes.vp(), Gaussian.random(2, seed=2)
     inner, shift = g.model(process, "eps"), jnp.array([3.0, -2.0])
     a_min, a_1 = (float(process.alpha(t)) for t in (default_t_min(process), 1.0))
 
@@ -207,7 +145,7 @@ def test_nfe_counts_model_calls_and_cond_is_passed(key):
         jax.debug.callback(lambda tt: calls.append(1), t)
         return inner(x - process.alpha(t)[:, None] * cond[None], t)
 
-    x = g.sample(4) + shift[None]
+    x = g.sample_np(4) + shift[None]
     logp_1 = g.logp_jax(process, 1.0)
     prior = lambda z: logp_1(z - a_1 * shift[None])  # noqa: E731
     nll, info = likelihood(

@@ -8,6 +8,7 @@ import pytest
 
 from diffjax import processes, schedules, toy
 from diffjax.samplers import SOLVERS, sample, time_grid
+from tests.helpers import Gaussian
 
 VP = processes.vp()
 MIX = toy.ring(k=4, radius=1.5, std=0.3)
@@ -126,11 +127,43 @@ def test_learned_variance_extremes_equal_small_and_large():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_every_solver_is_registered():
-    assert set(SOLVERS) == {
-        "ddpm", "ddim", "euler_maruyama", "pc", "annealed_langevin", "euler", "heun", "rk4",
-        "dopri5", "dpm_solver", "dpm_solver_pp", "plms",
-    }  # fmt: skip
+# Settings where the defaults (VP, the exact eps model, 50 steps; steps=None for an adaptive
+# solver) do not fit; every other SOLVERS entry, including any added later, runs with the defaults.
+REGISTRY_SETTINGS = {
+    "annealed_langevin": dict(
+        process=processes.ve(0.05, 10.0), steps=20, opts={"n_steps_each": 60, "step_lr": 2e-3}
+    ),  # fmt: skip
+    "euler_maruyama": dict(steps=300),
+    "pc": dict(process=processes.ve(0.01, 20.0), steps=150, opts={"snr": 0.16}),
+    "consistency": dict(model="consistency"),  # the exact consistency function, an x0-model
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_registered_solver_samples_a_gaussian(name):
+    """Each SOLVERS entry with the exact model of N(mu, Sigma) data (the oracle of
+    tests/helpers.py) ends at the grid's last time t_end with samples whose law is exactly
+    N(alpha mu, alpha^2 Sigma + sigma^2 I) at t_end: mean within 5 standard errors + 0.03, the
+    covariance within 6 Gaussian standard errors sqrt((S_ii S_jj + S_ij^2) / n) + 0.05 (the
+    discretisation slack of tests/test_samplers.py)."""
+    n, g = 4000, Gaussian([0.5, -1.0], [[1.0, 0.6], [0.6, 0.8]])
+    setting = REGISTRY_SETTINGS.get(name, {})
+    process, opts = setting.get("process", VP), setting.get("opts", {})
+    steps = None if SOLVERS[name].step is None else setting.get("steps", 50)
+    if setting.get("model") == "consistency":  # returns x0_hat of its last step: t_end = 0
+        model, kind, t_end = g.consistency_model(process), "x0", 0.0
+    else:
+        model, kind, t_end = g.model(process, "eps"), "eps", None
+    x, info = sample(KEY, model, process, (n, 2), solver=name, steps=steps, prediction=kind,
+                     return_info=True, **opts)  # fmt: skip
+    t_end = float(np.asarray(info["ts"])[-1]) if t_end is None else t_end
+    a, s = float(process.alpha(t_end)), float(process.sigma(t_end))
+    mean, cov = a * g.mu, g.cov_t(a, s)
+    x = np.asarray(x, np.float64)
+    assert x.shape == (n, 2) and np.all(np.isfinite(x)) and int(info["nfe"]) > 0
+    np.testing.assert_array_less(np.abs(x.mean(0) - mean), 5 * np.sqrt(np.diag(cov) / n) + 0.03)
+    se_c = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+    np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 6 * se_c + 0.05)
 
 
 @pytest.mark.parametrize(
@@ -232,3 +265,129 @@ def test_pc_corrector_skips_a_vanishing_score(key):
         key, zero_score, diffjax.ve(), (4, 2), solver="pc", steps=5, prediction="score"
     )
     assert bool(jnp.all(jnp.isfinite(out)))
+
+
+# ---------------------------------------------------------------------------- explicit grids
+_CHAIN = processes.discrete(schedules.linear_betas(100))
+
+
+@pytest.mark.parametrize(
+    "process, solver, opts",
+    [
+        (VP, "ddim", {}),
+        (VP, "dpm_solver", {"order": 2}),  # its default grid is uniform in log-SNR
+        (VP, "dpm_solver_pp", {}),
+        (VP, "annealed_langevin", {}),  # reads t_min from the options
+        (_CHAIN, "ddpm", {}),  # the chain's integer grid n_i / T
+        (_CHAIN, "plms", {}),
+        (processes.ve(), "heun", {}),
+        (processes.rectified_flow(), "euler", {"prediction": "velocity"}),
+    ],
+)
+def test_explicit_default_grid_equals_the_default_call(process, solver, opts):
+    """sample(..., ts=time_grid(default spacing, t_min, t_max)) is the default call, bit for
+    bit (and reports the same grid and NFE)."""
+    from diffjax.samplers import default_spacing
+
+    kind = opts.get("prediction", "eps")
+    a, info = sample(KEY, _model(process, kind), process, (8, 2), solver=solver, steps=6,
+                     return_info=True, **opts)  # fmt: skip
+    ts = time_grid(process, 6, default_spacing(process, solver), process.sample_t_min, 1.0)
+    b, info_ts = sample(KEY, _model(process, kind), process, (8, 2), solver=solver, ts=ts,
+                        return_info=True, **opts)  # fmt: skip
+    np.testing.assert_array_equal(info["ts"], np.asarray(ts))
+    np.testing.assert_array_equal(a, b)
+    assert info["nfe"] == info_ts["nfe"]
+
+
+def test_explicit_grid_for_dopri5_and_singular_start():
+    """dopri5 integrates over [ts[0], ts[-1]]; t_max = ts[0] gets the same alpha(t_max) = 0
+    check as a given t_max; a third-party integer schedule (trailing, T = 100) runs as given."""
+    a = sample(KEY, _model(), VP, (8, 2), solver="dopri5")
+    b = sample(KEY, _model(), VP, (8, 2), solver="dopri5", ts=np.array([1.0, 1e-3]))
+    np.testing.assert_array_equal(a, b)
+    rf = processes.rectified_flow()
+    with pytest.raises(ValueError, match="alpha"):
+        sample(KEY, _model(rf), rf, (4, 2), solver="dpm_solver", ts=np.array([1.0, 0.5, 0.0]))
+    trailing = np.array([99, 74, 49, 24, 0]) / 100
+    _, info = sample(KEY, _model(_CHAIN), _CHAIN, (4, 2), solver="ddim", ts=trailing,
+                     return_info=True, return_trajectory=True)  # fmt: skip
+    assert info["trajectory"].shape == (5, 4, 2) and info["nfe"] == 4
+
+
+@pytest.mark.parametrize(
+    "ts, match",
+    [
+        (np.array([0.1, 0.5, 1.0]), r"strictly decreasing .*ts\[0\] = 0.1"),
+        (np.array([1.0, 0.5, 0.5, 0.0]), r"strictly decreasing .*ts\[2\] = 0.5"),
+        (np.array([1.5, 0.5, 0.0]), r"inside \[0, 1\]; got ts\[0\] = 1.5"),
+        (np.array([1.0, 0.5, -0.1]), r"inside \[0, 1\]; got ts\[2\] = -0.1"),
+        (np.ones((2, 3)), r"1-D grid .* shape \(2, 3\)"),
+        (np.array([0.5]), r"at least 2 .* shape \(1,\)"),
+        (np.array([1.0, np.nan, 0.0]), r"finite; got ts\[1\] = nan"),
+        (np.array([1.0, 0.5 + 1e-9, 0.5]), r"strictly decreasing in float32"),
+        (np.array(["1", "0"]), "real-valued"),
+    ],
+)
+def test_bad_explicit_grids_raise(ts, match):
+    with pytest.raises(ValueError, match=match):
+        sample(KEY, _model(), VP, (4, 2), solver="ddim", ts=ts)
+
+
+def test_explicit_grid_replaces_steps_and_the_grid_options():
+    ts = np.array([1.0, 0.5, 1e-3])
+    given = [
+        (dict(steps=2), "steps=2"),
+        (dict(t_min=0.1), "t_min=0.1"),
+        (dict(spacing="uniform"), "spacing='uniform'"),
+        (dict(t_max=1.0), "t_max"),
+    ]
+    for kw, match in given:
+        with pytest.raises(ValueError, match=f"replaces steps.*{match}"):
+            sample(KEY, _model(), VP, (4, 2), solver="ddim", ts=ts, **kw)
+    with pytest.raises(ValueError, match="order = 4"):  # the solver's own check still runs
+        sample(KEY, _model(), VP, (4, 2), solver="dpm_solver", ts=ts, order=4)
+    with pytest.raises(ValueError, match="concrete"):
+        jax.jit(lambda g: sample(KEY, _model(), VP, (4, 2), solver="ddim", ts=g))(ts)
+
+
+# ---------------------------------------------------------------------------- learned variance
+def _with_variance_channels(model):
+    """A learned-variance model [B, 2C]: the exact mean channels, then arbitrary v channels."""
+    return lambda x, t: jnp.concatenate([model(x, t), jnp.sin(3.0 * x) * t[:, None]], axis=-1)
+
+
+@pytest.mark.parametrize(
+    "process, solver, opts",
+    [
+        (VP, "ddim", {}),
+        (VP, "ddim", {"eta": 1.0}),
+        (VP, "euler", {}),
+        (VP, "dpm_solver", {}),
+        (VP, "plms", {}),
+        (_CHAIN, "ddpm", {"variance": "small"}),
+    ],
+)
+def test_learned_variance_model_samples_with_its_mean(process, solver, opts):
+    """Every solver that needs only the mean: the 2C-channel model with learned_variance=True
+    gives the samples of its mean-only model (same key)."""
+    exact = _model(process)
+    kw = dict(solver=solver, steps=6, **opts)
+    a = sample(KEY, _with_variance_channels(exact), process, (8, 2), learned_variance=True, **kw)
+    b = sample(KEY, exact, process, (8, 2), **kw)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_learned_variance_errors(monkeypatch):
+    learned = _with_variance_channels(_model())
+    with pytest.raises(ValueError, match="learned_variance=True"):  # not a broadcasting error
+        sample(KEY, learned, VP, (4, 2), solver="ddim", steps=3)
+    with pytest.raises(ValueError, match=r"shape \(4, 3\); expected \(4, 2\)"):
+        sample(KEY, lambda x, t: jnp.ones((4, 3)), VP, (4, 2), solver="ddim", steps=3)
+    with pytest.raises(ValueError, match="learned_variance must be True or False"):
+        sample(KEY, learned, VP, (4, 2), solver="ddim", steps=3, learned_variance="yes")
+    monkeypatch.setitem(
+        SOLVERS, "raw_ddim", SOLVERS["ddim"]._replace(accepts_learned_variance=False)
+    )
+    with pytest.raises(ValueError, match="solver 'raw_ddim' cannot sample a learned-variance"):
+        sample(KEY, learned, VP, (4, 2), solver="raw_ddim", steps=3, learned_variance=True)

@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from diffjax.models import autoencoder as ae_lib
 from diffjax.models import dit as dit_lib
 from diffjax.models import mlp as mlp_lib
 from diffjax.models import unet as unet_lib
@@ -30,6 +31,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "dit_xl2": dit_lib.dit_xl2,
     "dit_tiny": dit_lib.dit_tiny,
     "mlp": mlp_lib.mlp_toy,
+    # First stages of latent diffusion (not denoisers: apply(v, x, key) -> (x_rec, posterior)).
+    "autoencoder": ae_lib.AutoencoderKL,
+    "autoencoder_kl_f8": ae_lib.kl_f8,
+    "autoencoder_kl_f4_28": ae_lib.kl_f4_28,
+    "autoencoder_kl_f4_32": ae_lib.kl_f4_32,
 }
 """Preset name -> constructor taking keyword overrides of the module's fields."""
 
@@ -37,10 +43,10 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "unet": unet_lib.UNet,
     "dit": dit_lib.DiT,
     "mlp": mlp_lib.MLP,
+    "autoencoder": ae_lib.AutoencoderKL,
 }
 """Family (the name's prefix before "_") -> module class, whose dataclass fields are the
 options `get_model` accepts."""
-_CLASSES = MODEL_CLASSES  # kept for diffjax.train.builders, which imports it
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
@@ -70,9 +76,14 @@ def bind(
 ) -> ModelFn:
     """Bind a backbone and its variables into `model(x_t, t, cond=None) -> prediction`.
 
-    Equivalent to `functools.partial(module.apply, variables)` (the library convention) with
-    `train` and `rngs` fixed. `cond` follows `diffjax.models.layers.split_cond`: None, int
-    labels [B], a context [B, L, C], a concat image [B, H, W, C'] or a dict of these.
+    Computes what `functools.partial(module.apply, variables)` computes (with `train` and `rngs`
+    fixed), but the result is a pytree (a `jax.tree_util.Partial` over a module-level function)
+    whose leaves are the variables (and the rngs keys); the module and `train` are static. So
+    `sample`, `likelihood`, `inpaint`, the guidance transformers and the losses trace the
+    variables: binding a new parameter set (a checkpoint, an EMA copy) reuses the compiled
+    program, and the parameters are never baked into it as constants. `cond` follows
+    `diffjax.models.layers.split_cond`: None, int labels [B], a context [B, L, C], a concat
+    image [B, H, W, C'] or a dict of these.
 
     Args:
       module: a `UNet`, `DiT` or `MLP` (or any module with the same call signature).
@@ -90,7 +101,9 @@ def bind(
     if train and rngs is None and getattr(module, "dropout", 0.0) > 0.0:
         raise ValueError(f"train=True with dropout={module.dropout} needs rngs (a dropout key)")
 
-    def model(x_t: Array, t: Array, cond: Any = None) -> Array:
-        return module.apply(variables, x_t, t, cond, train=train, rngs=rngs)
+    return jax.tree_util.Partial(_apply_bound, module, variables, rngs, train=train)
 
-    return model
+
+def _apply_bound(module, variables, rngs, x_t: Array, t: Array, cond: Any = None, *, train):
+    """The function `bind` partially applies (module-level, so its identity never changes)."""
+    return module.apply(variables, x_t, t, cond, train=train, rngs=rngs)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Context, Solver, noise_like
+from diffjax import kernels
+from diffjax.samplers.base import Context, Solver, step_noise
 
 
 def _check(opts, process, ts):
@@ -27,10 +28,10 @@ def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
     alpha_s, sigma_s = process.alpha(s), process.sigma(s)
     if eta == 0:
         return {"x": alpha_s * x0 + sigma_s * eps}
-    ratio = -jnp.expm1(process.log_snr(t) - process.log_snr(s))  # 1 - SNR_t / SNR_s
+    ratio = kernels.variance_ratio(process, s, t)  # 1 - SNR_t / SNR_s
     var = jnp.minimum(eta**2 * ratio * sigma_s**2, sigma_s**2)
     x_s = alpha_s * x0 + jnp.sqrt(sigma_s**2 - var) * eps
-    return {"x": x_s + jnp.sqrt(var) * noise_like(key, x)}
+    return {"x": x_s + jnp.sqrt(var) * step_noise(ctx, key, x, i)}
 
 
 SOLVER = Solver(step=step, options={"eta": 0.0}, check=_check)

@@ -8,8 +8,6 @@ from diffrax's `stats['num_steps']`; tests check this count against a run-time c
 
 from __future__ import annotations
 
-import diffrax
-
 from diffjax.samplers.base import Context, Solver
 
 
@@ -20,6 +18,8 @@ def _check(opts, process, ts):
 
 
 def run(ctx: Context, key, x, ts, keep: bool):
+    import diffrax  # imported here: `import diffjax` does not load diffrax
+
     term = diffrax.ODETerm(lambda t, y, args: ctx.predict(y, t, "velocity"))
     saveat = diffrax.SaveAt(ts=ts) if keep else diffrax.SaveAt(t1=True)
     sol = diffrax.diffeqsolve(

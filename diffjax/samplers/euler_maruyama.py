@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Context, Solver, noise_like
+from diffjax.samplers.base import Context, Solver, step_noise
 
 
 def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
@@ -19,7 +19,7 @@ def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
     f, g2 = ctx.process.sde(t)
     dt = t - s  # > 0
     x_mean = x - (f * x - g2 * score) * dt
-    return {"x": x_mean + jnp.sqrt(g2 * dt) * noise_like(key, x)}
+    return {"x": x_mean + jnp.sqrt(g2 * dt) * step_noise(ctx, key, x, i)}
 
 
 SOLVER = Solver(step=step, options={}, needs_alpha=True)

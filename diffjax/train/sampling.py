@@ -11,7 +11,7 @@ import numpy as np
 
 from diffjax import guidance
 from diffjax.train.components import Components
-from diffjax.train.spec import CondSpec, SampleSpec, kwargs_dict
+from diffjax.train.spec import CondSpec, SampleSpec
 from diffjax.train.writers import save_image_grid, save_points_plot
 from diffjax.typing import Array, PyTree
 
@@ -25,14 +25,19 @@ def grid_labels(num: int, cond: CondSpec) -> Array | None:
 
 def guided_model(c: Components, params: PyTree, labels: Array | None, scale: float, null: int):
     """model(x_t, t) with the labels bound; for scale != 1 the classifier-free guidance mix
-    uncond + scale (cond - uncond) of `diffjax.guidance.cfg` (Ho & Salimans 2022, eq. 6)."""
+    uncond + scale (cond - uncond) of `diffjax.guidance.cfg` (Ho & Salimans 2022, eq. 6).
 
-    def conditional(x_t, t, y=labels):
-        return c.apply(params, x_t, t, y, train=False, key=None)
-
+    A pytree (`jax.tree_util.Partial`) whose leaves are the parameters and labels, with the
+    static `c.apply` inside: `sample` traces them, so every parameter set shares one program."""
+    conditional = jax.tree_util.Partial(_apply_eval, c.apply, params)
     if labels is None or scale == 1.0:
-        return conditional
+        return jax.tree_util.Partial(_apply_eval, c.apply, params, y=labels)
     return guidance.cfg(conditional, labels, jnp.full_like(labels, null), scale)
+
+
+def _apply_eval(apply, params, x_t, t, y=None):
+    """The model at evaluation: no dropout (module-level, so its identity never changes)."""
+    return apply(params, x_t, t, y, train=False, key=None)
 
 
 def make_sampler(
@@ -40,16 +45,21 @@ def make_sampler(
 ) -> Callable[[PyTree, Array], Array]:
     """A (params, key) -> samples [num, *example_shape] using `diffjax.samplers.sample`.
 
-    `labels` [num] overrides the default grid labels of a class-conditional model.
+    `labels` [num] overrides the default grid labels of a class-conditional model. The model is
+    a pytree over `params` (`guided_model`), so no outer jit is needed: every parameter set (each
+    checkpoint or EMA copy) reuses the one compiled loop. `spec.kwargs` go to `sample` as its
+    options; an explicit grid `ts` there replaces `spec.steps` (which must then be 0).
     """
     from diffjax.samplers import sample
 
     if labels is None:
         labels = grid_labels(num, cond)
     shape = (num, *c.example_shape)
-    options = kwargs_dict(spec.kwargs)
+    options = dict(spec.kwargs)
 
-    def run(params, key):
+    def run(params: PyTree, key: Array) -> Array:
+        # a fresh pytree model per call: its leaves (params, labels) are traced by `sample`,
+        # so every call after the first reuses one compiled loop and holds no extra constants
         model = guided_model(c, params, labels, spec.guidance_scale, cond.num_classes)
         return sample(
             key,
@@ -62,10 +72,7 @@ def make_sampler(
             **options,
         )
 
-    # Jitted with the parameters as arguments: `sample` caches its compiled loop by the model
-    # function's identity, and `run` builds a new closure per call, so without this outer jit
-    # every grid would recompile (and bake the parameters in as constants).
-    return jax.jit(run)
+    return run
 
 
 def write_samples(path: str, samples: np.ndarray, c: Components, cols: int | None = None) -> str:
