@@ -11,6 +11,7 @@ import pytest
 from diffjax import processes, schedules, toy
 from diffjax.metrics.lowdim import sliced_wasserstein
 from diffjax.samplers import sample
+from tests.helpers import SAMPLING_PROCESSES
 
 N = 4000  # samples per distribution test
 MIX = toy.random_mixture(seed=7, k=3, dim=2, scale=1.5)
@@ -35,6 +36,10 @@ CASES = {
     "dpm_solver": (processes.vp(), "eps", 10, {"order": 3}),
     "dpm_solver_pp": (DISCRETE, "eps", 20, {}),
     "plms": (DISCRETE, "x0", 50, {}),
+    "dpm_solver_pp_sde": (DISCRETE, "eps", 50, {}),
+    "euler_ancestral": (processes.vp(), "x0", 100, {"spacing": "karras"}),
+    "dpm_solver_multistep": (processes.vp(), "eps", 10, {"order": 3}),
+    "unipc": (processes.trig(), "v", 20, {}),
 }
 
 
@@ -133,16 +138,7 @@ def test_ddpm_1000_steps_on_discrete_chain_matches_data():
     assert_matches_data(x)
 
 
-ALL_PROCESSES = {
-    "vp": processes.vp(),
-    "subvp": processes.subvp(),
-    "ve": processes.ve(0.01, 20.0),
-    "cosine": processes.cosine(),
-    "discrete": processes.discrete(schedules.linear_betas(200)),
-    "rectified_flow": processes.rectified_flow(),
-    "ot_flow": processes.ot_flow(),
-    "trig": processes.trig(),
-}
+ALL_PROCESSES = SAMPLING_PROCESSES
 SLOW_STEPS = {"annealed_langevin": 20, "dopri5": None, "euler_maruyama": 200, "pc": 100}
 SLOW_OPTS = {"annealed_langevin": {"n_steps_each": 60}}
 

@@ -34,6 +34,22 @@ ORDERS = [
     ("dpm_solver", {"order": 2}, (10, 20, 40), 2, 0.25),
     ("dpm_solver", {"order": 3}, (20, 40, 80), 3, 0.4),
     ("dpm_solver_pp", {}, (80, 160, 320), 2, 0.25),
+    # measured fits: 3M 3.05 (local 3.03, 3.08); multistep-2 1.95; multistep-3 2.89;
+    # UniPC-2 (bh2, with corrector) 2.87 (local 2.79, 2.95), UniPC-1 2.15 (issue 12)
+    ("dpm_solver_pp", {"order": 3}, (40, 80, 160), 3, 0.4),
+    ("dpm_solver_multistep", {"order": 2}, (20, 40, 80), 2, 0.25),
+    pytest.param(
+        "dpm_solver_multistep", {"order": 3}, (80, 160, 320), 3, 0.4, marks=pytest.mark.slow
+    ),
+    ("unipc", {"order": 2, "lower_order_final": False}, (40, 80, 160), 3, 0.4),
+    pytest.param(
+        "unipc",
+        {"order": 1, "lower_order_final": False},
+        (10, 20, 40),
+        2,
+        0.25,
+        marks=pytest.mark.slow,
+    ),
     ("ddim", {"eta": 0.0}, (40, 80, 160), 1, 0.25),  # DDIM -> the PF-ODE as steps grow
 ]
 

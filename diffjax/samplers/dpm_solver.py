@@ -40,8 +40,8 @@ def _ddim(process, x, eps, t, u):
     return process.alpha(u) / process.alpha(t) * x - _phi(process, t, u) * eps
 
 
-def _phi2(process, t, u, r):
-    """sigma_u ((e^{h_u} - 1) / h_u - 1) with h_u = lambda_u - lambda_t = r h."""
+def _phi2(process, t, u):
+    """sigma_u ((e^{h_u} - 1) / h_u - 1) with h_u = lambda_u - lambda_t."""
     h = _lam(process, u) - _lam(process, t)
     return process.sigma(u) * (jnp.expm1(h) / h - 1.0)
 
@@ -62,9 +62,9 @@ def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
     s1 = t_of_log_snr(process, 2.0 * (lam_t + r1 * h))
     s2 = t_of_log_snr(process, 2.0 * (lam_t + r2 * h))
     d1 = ctx.predict(_ddim(process, x, eps_t, t, s1), s1, "eps") - eps_t
-    u2 = _ddim(process, x, eps_t, t, s2) - r2 / r1 * _phi2(process, t, s2, r2) * d1
+    u2 = _ddim(process, x, eps_t, t, s2) - r2 / r1 * _phi2(process, t, s2) * d1
     d2 = ctx.predict(u2, s2, "eps") - eps_t
-    return {"x": x_s - _phi2(process, t, s, 1.0) / r2 * d2}
+    return {"x": x_s - _phi2(process, t, s) / r2 * d2}
 
 
 SOLVER = Solver(
