@@ -8,6 +8,8 @@ scalar the batch mean and aux holding at least 'per_example' [B] and 't' [B].
 from __future__ import annotations
 
 from diffjax.losses.decoders import discretized_log_likelihood, normal_kl
+from diffjax.losses.distill import flow_distillation, progressive
+from diffjax.losses.reflow import reflow
 from diffjax.losses.regression import cfm, dsm, ot_pairing, simple, weighted
 from diffjax.losses.vdm import continuous_vlb, default_t_min
 from diffjax.losses.vlb import hybrid, vlb
@@ -21,6 +23,17 @@ LOSSES = {
     "hybrid": hybrid,
     "continuous_vlb": continuous_vlb,
     "cfm": cfm,
+    "reflow": reflow,
+}
+
+# The prediction kind a loss fixes for itself (its target is always of this kind). The other
+# losses take a `prediction` argument, which the training layer fills from config.prediction.
+LOSS_PREDICTION = {
+    "simple": "eps",  # ||eps - eps_hat||^2 (Ho et al. 2020, eq. 14)
+    "hybrid": "eps",  # L_simple on the eps half + lam L_vlb (Nichol & Dhariwal 2021)
+    "dsm": "score",  # denoising score matching (Song et al. 2021, eq. 7)
+    "cfm": "velocity",  # flow matching on dx_t/dt (Lipman et al. 2023)
+    "reflow": "velocity",  # rectified-flow regression on given pairs (Liu et al. 2022)
 }
 
 
@@ -33,17 +46,21 @@ def get_loss(name: str):
 
 __all__ = [
     "LOSSES",
+    "LOSS_PREDICTION",
     "WEIGHTINGS",
     "cfm",
     "continuous_vlb",
     "default_t_min",
     "discretized_log_likelihood",
+    "flow_distillation",
     "dsm",
     "get_loss",
     "hybrid",
     "native_weight",
     "normal_kl",
     "ot_pairing",
+    "progressive",
+    "reflow",
     "simple",
     "vlb",
     "weighted",
