@@ -11,11 +11,8 @@ Wasserstein and MMD. `--elbo_num` adds the exact discrete DDPM bound in bits/dim
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffjax.parallel import set_cpu_device_count  # noqa: E402
+from diffjax.parallel import set_cpu_device_count
 
 set_cpu_device_count()
 
@@ -57,7 +54,9 @@ def main(argv):
         ),
     }
     if _BPD_NUM.value > 0:
-        result["likelihood"] = evaluate.bits_per_dim(bpd_key, spec, c, state, _BPD_NUM.value)
+        result["likelihood"] = evaluate.likelihood_bits_per_dim(
+            bpd_key, spec, c, state, _BPD_NUM.value
+        )
     print(evaluate.format_table(result["rows"]))
     if _ELBO_NUM.value > 0:
         result["elbo"] = evaluate.elbo_bits_per_dim(

@@ -8,11 +8,8 @@ for a class-conditional model, 'labels' [N]). --out defaults to the workdir.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffjax.parallel import set_cpu_device_count  # noqa: E402
+from diffjax.parallel import set_cpu_device_count
 
 set_cpu_device_count()
 
@@ -44,7 +41,7 @@ def sample_spec(spec):
     if _SOLVER.value is not None:
         changes["solver"] = _SOLVER.value
         if _SOLVER.value != spec.sample.solver:
-            changes["kwargs"] = ()  # the config's solver options belong to its own solver
+            changes["kwargs"] = {}  # the config's solver options belong to its own solver
     if _STEPS.value is not None:
         changes["steps"] = _STEPS.value
     if _GUIDANCE.value is not None:

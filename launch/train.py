@@ -8,11 +8,8 @@ device per core (set before JAX starts), which runs a small U-Net 1.6-1.9x faste
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffjax.parallel import (  # noqa: E402  (starts no JAX backend)
+from diffjax.parallel import (  # starts no JAX backend
     initialize_distributed,
     set_cpu_device_count,
 )
@@ -26,8 +23,10 @@ from ml_collections import config_flags  # noqa: E402
 from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
 from diffjax.train.loop import train_and_evaluate  # noqa: E402
 
+# New keys are accepted so that option dicts can be overridden (--config.sample.kwargs.eta=0.5);
+# spec_from_config then rejects any field that is not an option of its section.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "experiment config file", lock_config=True
+    "config", None, "experiment config file", lock_config=False, accept_new_attributes=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples")
 _CACHE = flags.DEFINE_string(

@@ -28,6 +28,7 @@ CASES = [(os.path.basename(f), "quicktest") for f in FILES] + [
     ("cifar10_score_sde.py", "quicktest,process=subvp"),
     ("toy2d.py", "quicktest,process=rectified_flow"),
     ("digits.py", "quicktest,unconditional"),
+    ("mnist.py", "quicktest,dataset=fashion_mnist"),
 ]
 
 
@@ -58,6 +59,8 @@ def tiny_idx_dir(root: str) -> str:
 def test_every_experiment_file_is_covered():
     assert {os.path.basename(f) for f in FILES} <= {name for name, _ in CASES}
     assert len(FILES) >= 7
+    fashion = load("mnist.py").get_config("quicktest,dataset=fashion_mnist")
+    assert fashion.data.name == "fashion_mnist_idx"
 
 
 def quicktest_config(name, arg, tmp_path):
@@ -141,20 +144,19 @@ def test_sampler_settings_are_accepted(name, arg):
     # quicktest draws no grid, so check here that each config's solver, steps and options are
     # accepted by diffjax.samplers.sample (3 intervals of a constant model on a tiny shape).
     from diffjax.samplers import sample
-    from diffjax.train.builders import build_process
-    from diffjax.train.spec import kwargs_dict
+    from diffjax.train.spec import ExampleSpec
 
-    spec = spec_from_config(load(name).get_config(arg))
+    spec = spec_from_config(load(name).get_config(arg), ExampleSpec(shape=(4, 4, 1)))
     model = lambda x, t: jnp.zeros_like(x)
     steps = 3 if spec.sample.steps else None
     x = sample(
         jax.random.PRNGKey(0),
         model,
-        build_process(spec.process),
+        spec.process,
         (2, 4, 4, 1),
         solver=spec.sample.solver,
         steps=steps,
         prediction=spec.prediction,
-        **kwargs_dict(spec.sample.kwargs),
+        **spec.sample.kwargs,
     )
     assert x.shape == (2, 4, 4, 1)

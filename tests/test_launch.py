@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +40,7 @@ def digits_workdir(tmp_path_factory):
         "--config.train.checkpoint_every=2",
         "--config.sample.num=10",
         "--config.sample.steps=3",
+        "--config.sample.kwargs.eta=0.0",  # an option dict takes new keys from the command line
         devices=2,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -50,13 +53,34 @@ def test_train_writes_everything(digits_workdir):
     assert sorted(os.listdir(digits_workdir / "checkpoints")) == ["4"]  # keep_checkpoints = 1
     grid = np.asarray(Image.open(digits_workdir / "samples_0000004.png"))
     assert grid.shape == (33 + 1, 10 * 33 + 1)  # one column per class, 8x8 upscaled to 32x32
-    assert json.load(open(digits_workdir / "config.json"))["cond"]["num_classes"] == 10
+    config = json.load(open(digits_workdir / "config.json"))
+    assert config["cond"]["num_classes"] == 10 and config["sample"]["kwargs"]["eta"] == 0.0
+
+
+def tree_hash(root) -> dict[str, str]:
+    """{relative path: sha256 of its bytes} for every file, and every folder as '<dir>'."""
+    out = {}
+    for folder, _dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        out[rel + "/"] = "<dir>"
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 def test_sample_program(digits_workdir, tmp_path):
+    # On a copy whose config names another optimiser (adamw's state has another structure):
+    # sample.py restores only the EMA parameters, and leaves every byte of the workdir as it was.
+    work = tmp_path / "work"
+    shutil.copytree(digits_workdir, work)
+    config = json.loads((work / "config.json").read_text())
+    config["optim"].update(name="adamw", weight_decay=0.1, grad_clip=0.0)
+    (work / "config.json").write_text(json.dumps(config))
+    before = tree_hash(work)
     out = run(
         "sample.py",
-        f"--workdir={digits_workdir}",
+        f"--workdir={work}",
         "--num=6",
         "--solver=ddpm",
         "--steps=4",
@@ -69,6 +93,7 @@ def test_sample_program(digits_workdir, tmp_path):
     np.testing.assert_array_equal(data["labels"], [3] * 6)
     assert int(data["step"]) == 4
     assert (tmp_path / "samples_ddpm_4.png").exists()
+    assert tree_hash(work) == before
 
 
 def test_unknown_config_field_is_a_clear_error(tmp_path):
@@ -115,6 +140,7 @@ def test_missing_data_dir_and_unknown_tfds_name(tmp_path):
 
 
 def test_evaluate_program(digits_workdir):
+    before = tree_hash(digits_workdir)
     out = run(
         "evaluate.py",
         f"--workdir={digits_workdir}",
@@ -136,3 +162,31 @@ def test_evaluate_program(digits_workdir):
     elbo = result["elbo"]
     assert elbo["elbo_bpd"] > 0 and np.isfinite(elbo["elbo_bpd_stderr"])
     assert (digits_workdir / "classifier" / "classifier.json").exists()  # cached once
+    # read-only on the run: every file there before is unchanged, nothing moved or removed;
+    # the additions are the result and the evaluation caches
+    after = tree_hash(digits_workdir)
+    assert {k: after.get(k) for k in before} == before
+    added = sorted(set(after) - set(before))
+    assert all(k.startswith(("eval_", "classifier", "./eval_", "./classifier")) for k in added), (
+        added
+    )
+
+
+def test_programs_import_the_installed_package_and_no_diffrax_at_start():
+    # No sys.path edits in the programs; `import diffjax` leaves diffrax (adaptive solvers and
+    # likelihoods only) unloaded, and the first adaptive solve loads it.
+    for name in ("train.py", "sample.py", "evaluate.py"):
+        assert "sys.path" not in open(os.path.join(ROOT, "launch", name)).read()
+    code = (
+        "import sys, jax, diffjax\n"
+        "loaded_at_import = 'diffrax' in sys.modules\n"
+        "diffjax.sample(jax.random.PRNGKey(0), lambda x, t: -x, diffjax.processes.rectified_flow(),"
+        " (2, 3), solver='dopri5', prediction='velocity')\n"
+        "print(loaded_at_import, 'diffrax' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

@@ -29,7 +29,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # split -> file-name prefix used by MNIST and Fashion-MNIST.
 IDX_SPLITS = {"train": "train", "test": "t10k"}
 # Sub-folders tried below `data_dir` for each named dataset, so `data_dir` may be either the
-# folder holding the files or its parent (e.g. /work/shared/data).
+# folder holding the files or its parent (a folder of several datasets).
 IDX_SUBDIRS = {
     "mnist": ("", "mnist", "MNIST"),
     "fashion_mnist": ("", "fashion-mnist", "fashion_mnist", "FashionMNIST"),

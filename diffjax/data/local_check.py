@@ -1,6 +1,6 @@
-"""Check a folder of local datasets (as /work/shared/data is laid out) and report their arrays.
+"""Check a folder of local datasets (one sub-folder per dataset) and report their arrays.
 
-  python -m diffjax.data.local_check /work/shared/data [--images]
+  python -m diffjax.data.local_check /path/to/data [--images]
 
 reads every MNIST / Fashion-MNIST IDX split it finds below the folder (and, with --images,
 every image folder or archive of class folders, which is slower: it decodes every image) and

@@ -46,6 +46,9 @@ class DataConfig:
         for one evaluation pass in order use shuffle=False, repeat=False.
       with_labels: include 'label' in each batch.
       tfds_name, image_key, label_key: for TFDS sources.
+      tfds_reader: 'array_record' (random access through grain, no TensorFlow) or 'tf_data'
+        (datasets prepared as TFRecord, through `diffjax.data.tfdata`; needs tensorflow-cpu,
+        the `tf` extra; reads in order, so a resume re-reads the skipped batches).
       toy_kwargs: keyword arguments of the toy preset, e.g. {'k': 8, 'radius': 2.0}.
       prefetch: batches prepared ahead on a background thread (0: none).
     """
@@ -62,6 +65,7 @@ class DataConfig:
     drop_remainder: bool = True
     with_labels: bool = True
     tfds_name: str | None = None
+    tfds_reader: str = "array_record"
     image_key: str = "image"
     label_key: str = "label"
     toy_kwargs: dict | None = None
@@ -134,11 +138,30 @@ def _array_source(name: str, config: DataConfig, host, start_step: int) -> Batch
     return batches_from_arrays(images, labels, max_value=max_value, info=info, **options)
 
 
+TFDS_READERS = ("array_record", "tf_data")
+
+
 def _tfds_source(config: DataConfig, host, start_step: int) -> Batches:
     from diffjax.data.tfds_source import tfds_batches  # imports tensorflow_datasets lazily
 
     if not config.tfds_name:
         raise ValueError("data source 'tfds' needs tfds_name (or use name='tfds:<name>')")
+    if config.tfds_reader not in TFDS_READERS:
+        raise ValueError(
+            f"unknown tfds_reader {config.tfds_reader!r}; expected one of {TFDS_READERS}"
+        )
+    if config.tfds_reader == "tf_data":
+        from diffjax.data.tfdata import tfdata_batches  # needs TensorFlow
+
+        return tfdata_batches(
+            config.tfds_name,
+            split=config.split,
+            data_dir=config.data_dir,
+            image_key=config.image_key,
+            label_key=config.label_key,
+            image_size=config.image_size,
+            **_pipeline_options(config, host, start_step),
+        )
     return tfds_batches(
         config.tfds_name,
         split=config.split,

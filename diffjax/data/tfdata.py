@@ -25,8 +25,7 @@ def tensorflow_available() -> bool:
     return True
 
 
-def _dataset(name, split, data_dir, per_host, seed, shuffle, repeat, drop_remainder, host):
-    import tensorflow as tf
+def _builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
@@ -35,6 +34,22 @@ def _dataset(name, split, data_dir, per_host, seed, shuffle, repeat, drop_remain
             f"TFDS dataset {name!r} is not prepared in data_dir={data_dir} "
             f"(expected {builder.data_dir}); diffjax never downloads"
         )
+    return builder
+
+
+def _info(name, data_dir, image_key, label_key, with_labels, per_host) -> dict:
+    """The facts `Batches.info` carries for the other sources: example shape, classes."""
+    features = _builder(name, data_dir).info.features
+    num_classes = getattr(features[label_key], "num_classes", None) if with_labels else None
+    shape = tuple(features[image_key].shape)
+    return {"shape": shape, "key": "image", "num_classes": num_classes, "per_host_batch": per_host}
+
+
+def _dataset(name, split, data_dir, per_host, seed, shuffle, repeat, drop_remainder, host):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = _builder(name, data_dir)
     context = tf.distribute.InputContext(num_input_pipelines=host[1], input_pipeline_id=host[0])
     read_config = tfds.ReadConfig(shuffle_seed=seed, input_context=context)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config)
@@ -62,10 +77,21 @@ def tfdata_batches(
     process_index: int = 0,
     process_count: int = 1,
     start_step: int = 0,
+    image_size: int | None = None,
+    prefetch: int = 0,
 ) -> Batches:
-    """Batches {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} through tf.data."""
+    """Batches {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} through tf.data.
+
+    Reached from `make_iterator` with `DataConfig(name='tfds:<name>', tfds_reader='tf_data')`.
+    `prefetch` is accepted for the common signature (tf.data prefetches by itself).
+    """
+    del prefetch
     if not tensorflow_available():
-        raise ImportError("the tf.data path needs TensorFlow: pip install tensorflow-cpu")
+        raise ImportError(
+            "the tf.data path needs TensorFlow: pip install 'diffjax[tf]' (tensorflow-cpu)"
+        )
+    if image_size is not None:
+        raise ValueError(f"the tf.data path does not resize; got image_size={image_size}")
     import tensorflow_datasets as tfds
 
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
@@ -93,6 +119,5 @@ def tfdata_batches(
         raw = next(stream)
         return finish(step, {"image": raw[image_key], "label": raw.get(label_key)})
 
-    return Batches(
-        batch_at, num_batches=None, start_step=start_step, info={"per_host_batch": per_host}
-    )
+    info = _info(name, data_dir, image_key, label_key, with_labels, per_host)
+    return Batches(batch_at, num_batches=None, start_step=start_step, info=info)

@@ -55,8 +55,8 @@ def _explain_failure(name: str, data_dir: str, err: Exception) -> Exception:
         return ValueError(
             f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
             f"{builder.info.file_format}, which has no random access; convert it with "
-            "`tfds convert_format --file_format=array_record` or use the tf.data path "
-            "(diffjax.data.tfdata, needs TensorFlow)"
+            "`tfds convert_format --file_format=array_record` or read it through tf.data "
+            "with data.tfds_reader='tf_data' (needs tensorflow-cpu: pip install 'diffjax[tf]')"
         )
     return err
 

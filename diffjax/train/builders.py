@@ -1,4 +1,8 @@
-"""From the typed TrainSpec to the run's Components: data, model, process and loss by name."""
+"""From the built TrainSpec to the run's Components: the spec's objects, wired together.
+
+The spec already holds the process, the Flax module, the loss partial and the DataConfig;
+these functions only wrap them (init, apply, a batch stream), never look a name up again.
+"""
 
 from __future__ import annotations
 
@@ -8,64 +12,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from diffjax.processes import get_process
 from diffjax.train.components import Components
-from diffjax.train.spec import NamedSpec, TrainSpec, kwargs_dict
-
-# Config values that mean "not set" for DataConfig fields that take None.
-_UNSET = ("", 0, None, {}, ())
-
-
-def data_config(spec: TrainSpec, **overrides: Any):
-    """The `diffjax.data.DataConfig` of a spec (empty strings and 0 sizes become None)."""
-    from diffjax.data import DataConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
-    given = kwargs_dict(spec.data.kwargs)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown data field(s) {unknown}; DataConfig fields: {sorted(defaults)}")
-    # ConfigDict fields cannot hold None and a type together: "" / 0 / {} stand for None in
-    # the fields whose DataConfig default is None (data_dir, image_size, tfds_name, ...).
-    values = {k: None if defaults[k] is None and v in _UNSET else v for k, v in given.items()}
-    values.update(name=spec.data.name, batch_size=spec.batch_size, seed=spec.seed, **overrides)
-    return DataConfig(**values)
+from diffjax.train.spec import TrainSpec
 
 
 def build_batches(spec: TrainSpec, start_step: int = 0, **overrides: Any):
-    """The `diffjax.data.Batches` stream of the spec, starting at `start_step`."""
+    """The `diffjax.data.Batches` stream of the spec's DataConfig, starting at `start_step`;
+    `overrides` replace DataConfig fields (e.g. prefetch=0, shuffle=False)."""
     from diffjax.data import make_iterator
 
-    return make_iterator(data_config(spec, **overrides), start_step=start_step)
-
-
-def build_model(spec: TrainSpec, example_shape: tuple[int, ...]):
-    """The Flax backbone: `diffjax.models.get_model(name, **kwargs)`, with `in_channels` and
-    `num_classes` filled in from the data and the conditioning unless the config sets them."""
-    from diffjax.models import get_model
-    from diffjax.models.registry import _CLASSES
-
-    kwargs = kwargs_dict(spec.model.kwargs)
-    kind = spec.model.name.split("_")[0]
-    fields = {f.name for f in dataclasses.fields(_CLASSES[kind])} if kind in _CLASSES else set()
-    if "in_channels" in fields and len(example_shape) == 3:
-        kwargs.setdefault("in_channels", example_shape[-1])
-    if "num_classes" in fields:
-        cond = spec.cond
-        kwargs.setdefault("num_classes", cond.num_classes if cond.class_conditional else None)
-    return get_model(spec.model.name, **kwargs)
-
-
-def build_process(spec: NamedSpec):
-    """`diffjax.processes.get_process(name, **kwargs)`."""
-    return get_process(spec.name, **kwargs_dict(spec.kwargs))
-
-
-def build_loss(spec: NamedSpec):
-    """(loss function, kwargs) from `diffjax.losses.get_loss`."""
-    from diffjax.losses import get_loss
-
-    return get_loss(spec.name), kwargs_dict(spec.kwargs)
+    return make_iterator(dataclasses.replace(spec.data, **overrides), start_step=start_step)
 
 
 def make_apply(net):
@@ -90,31 +46,24 @@ def make_init(net, example_shape: tuple[int, ...], conditional: bool):
     return init_params
 
 
-def build_model_components(
-    spec: TrainSpec, example_shape: tuple[int, ...], data_key: str = "image", batches=None
-) -> Components:
-    """Model, process and loss of the spec for examples of `example_shape` (no data read)."""
-    net = build_model(spec, example_shape)
-    loss, loss_kwargs = build_loss(spec.loss)
+def build_model_components(spec: TrainSpec, batches=None) -> Components:
+    """Model, process and loss of the spec (no data read; `batches` start -> iterator)."""
     return Components(
-        init_params=make_init(net, example_shape, spec.cond.class_conditional),
-        apply=make_apply(net),
-        process=build_process(spec.process),
-        loss=loss,
-        loss_kwargs=loss_kwargs,
+        init_params=make_init(spec.model, spec.example.shape, spec.cond.class_conditional),
+        apply=make_apply(spec.model),
+        process=spec.process,
+        loss=spec.loss,  # already a partial over the loss options and the prediction kind
+        loss_kwargs={},
         batches=batches,
-        data_key=data_key,
-        example_shape=tuple(example_shape),
+        data_key=spec.example.key,
+        example_shape=spec.example.shape,
     )
 
 
 def build_components(spec: TrainSpec, reference_size: int = 1024) -> Components:
-    """Everything `run_training` needs, from the spec (data read lazily from `start_step`)."""
+    """Everything `run_training` needs, from the spec (data read lazily from `start_step`);
+    `reference` holds the first `reference_size` examples of step 0 for plots."""
+    c = build_model_components(spec, batches=lambda start: build_batches(spec, start))
     probe = build_batches(spec, prefetch=0)
-    example_shape = tuple(probe.info["shape"])
-    data_key = probe.info.get("key", "image")
-    c = build_model_components(
-        spec, example_shape, data_key, batches=lambda start: build_batches(spec, start)
-    )
-    c.reference = np.asarray(jax.device_get(probe.batch_at(0)[data_key][:reference_size]))
+    c.reference = np.asarray(jax.device_get(probe.batch_at(0)[c.data_key][:reference_size]))
     return c

@@ -29,8 +29,9 @@ class Components:
       init_params: key -> parameter tree.
       apply: (params, x_t, t, cond, *, train, key) -> prediction; `key` feeds dropout.
       process: the forward process.
-      loss: a `diffjax.losses` function (model, key, x0, process, *, cond, **kwargs).
-      loss_kwargs: keyword arguments for `loss`.
+      loss: a `diffjax.losses` function (model, key, x0, process, *, cond, **kwargs); from a
+        config, the spec's partial with its options and prediction kind already bound.
+      loss_kwargs: further keyword arguments for `loss` (empty for a built spec).
       batches: iterator of dicts of numpy arrays, the global batch on one host.
       data_key: the batch field holding x0 ('image' or 'x').
       example_shape: shape of one example, e.g. (8, 8, 1) or (2,).

@@ -1,12 +1,14 @@
 """The default experiment ConfigDict; every experiments/*.py starts from it and overrides.
 
-Every field is read by `diffjax.train.spec.spec_from_config` (the typed boundary) or by
-`diffjax.train.builders` (model, process, loss and data by name).
+Every field is read once, by `diffjax.train.spec.spec_from_config` (the typed boundary), which
+builds the process, model, loss and data config from it. Fields that may be None are
+`placeholder(type)`s, so `--config.data.data_dir=...` still type-checks.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -20,9 +22,10 @@ def default_config() -> ml_collections.ConfigDict:
     #                          'tfds:<name>', 'toy_ring', 'toy_random' (diffjax.data.SOURCES)
     c.data.batch_size = 128  # global batch, split over every device and host
     c.data.split = "train"  # dataset split
-    c.data.data_dir = ""  # folder of IDX files / image folders / prepared TFDS data ("": none)
-    c.data.tfds_name = ""  # TFDS name for data.name = 'tfds' ("": none)
-    c.data.image_size = 0  # resize images to this side (0: native size)
+    c.data.data_dir = placeholder(str)  # folder of IDX files / image folders / TFDS data ('~' ok)
+    c.data.tfds_name = placeholder(str)  # TFDS name for data.name = 'tfds'
+    c.data.tfds_reader = "array_record"  # or 'tf_data' for TFRecord datasets (needs TensorFlow)
+    c.data.image_size = placeholder(int)  # resize images to this side (None: native size)
     c.data.random_flip = False  # horizontal flips (Ho et al. 2020 use them on CIFAR-10)
     c.data.toy_kwargs = ml_collections.ConfigDict()  # toy preset options, e.g. k, radius
     c.data.prefetch = 2  # batches prepared ahead on a background thread
@@ -71,7 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.sample.steps = 50  # solver intervals
     c.sample.num = 64  # samples per grid (0: no grids)
     c.sample.guidance_scale = 1.0  # CFG: uncond + s (cond - uncond); 1 = conditional only
-    c.sample.kwargs = ml_collections.ConfigDict()  # extra solver options (eta, t_min, ...)
+    # Solver options (eta, t_min, clip_x0, ...: diffjax.samplers.SOLVERS[solver].options);
+    # launch/train.py accepts new keys here, e.g. --config.sample.kwargs.eta=0.5.
+    c.sample.kwargs = ml_collections.ConfigDict()
     return c
 
 

@@ -1,5 +1,7 @@
 """Sample-quality and likelihood evaluation of a trained workdir (behind launch/evaluate.py).
 
+`state` below is anything with `ema_params` (e.g. `workdir.load_trained`'s `Trained`).
+
 For each (solver, steps) pair: draw N samples from the EMA parameters and compare them with N
 data examples. 2-D data: sliced Wasserstein and MMD. Images: FID, KID and precision/recall on
 FID-Inception features when the Inception weights are installed (skipped with a note
@@ -148,7 +150,7 @@ def evaluate_solvers(
             solver=solver,
             steps=steps,
             num=num,
-            kwargs=spec.sample.kwargs if solver == spec.sample.solver else (),
+            kwargs=spec.sample.kwargs if solver == spec.sample.solver else {},
         )
         sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
         t0 = time.time()
@@ -165,7 +167,9 @@ def evaluate_solvers(
     return rows
 
 
-def bits_per_dim(key, spec, c, state, num: int, batch_size: int = 64) -> dict[str, float]:
+def likelihood_bits_per_dim(
+    key, spec, c, state, num: int, batch_size: int = 64
+) -> dict[str, float]:
     """Probability-flow-ODE bits/dim of `num` data examples (images: 8-bit dequantised)."""
     from diffjax.likelihood import nll_dataset
 
@@ -188,9 +192,8 @@ def elbo_bits_per_dim(key, spec, c, state, num: int, batch_size: int = 32) -> di
     discretised decoder for 8-bit images) in bits/dim over `num` data examples, with its
     standard error over examples. Only for Discrete chains."""
     from diffjax import losses
-    from diffjax.processes import Discrete
 
-    if not isinstance(c.process, Discrete):
+    if getattr(c.process, "num_steps", None) is None:  # a continuous-time process
         raise ValueError(
             f"the discrete bound needs a Discrete chain; this run trains {type(c.process).__name__}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -12,9 +13,8 @@ from diffjax import parallel
 from diffjax.train import checkpoint
 from diffjax.train.builders import build_model_components
 from diffjax.train.components import Components
-from diffjax.train.optim import make_optimizer
-from diffjax.train.spec import TrainSpec, spec_from_config
-from diffjax.train.state import TrainState, abstract_train_state
+from diffjax.train.spec import ExampleSpec, TrainSpec, spec_from_config
+from diffjax.typing import PyTree
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
@@ -45,30 +45,33 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_read_json(workdir, CONFIG_FILE))
 
 
-def load_trained(workdir: str, mesh=None) -> tuple[TrainSpec, Components, TrainState]:
-    """(spec, model components, state) of the latest good checkpoint in `workdir`.
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What sampling and evaluation read from a checkpoint: the EMA parameters only."""
+
+    ema_params: PyTree  # the model's parameter tree (EMA of the training parameters)
+    step: int  # the optimiser step of the checkpoint
+
+
+def load_trained(workdir: str, mesh=None) -> tuple[TrainSpec, Components, Trained]:
+    """(spec, model components, EMA parameters) of the newest checkpoint in `workdir`.
+
+    Read-only: only the `ema_params` subtree is restored (no optimiser, so a changed optimiser
+    config does not matter), no data is read (the example shape is in run_info.json), and
+    nothing in `workdir` is created, renamed or moved.
 
     Raises:
-      FileNotFoundError: no config, run info or restorable checkpoint in `workdir`.
+      FileNotFoundError: no config, run info or checkpoint in `workdir`.
+      ValueError: the newest checkpoint is incomplete or unreadable (it is left in place).
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
-    spec = spec_from_config(load_config(workdir))
     info = _read_json(workdir, RUN_INFO_FILE)
-    c = build_model_components(spec, tuple(info["example_shape"]), info["data_key"])
+    example = ExampleSpec(shape=tuple(info["example_shape"]), key=info["data_key"])
+    spec = spec_from_config(load_config(workdir), example)
+    c = build_model_components(spec)
     c.value_range = tuple(info["value_range"])
-    tx = make_optimizer(spec.optim)
-    abstract = abstract_train_state(_shape_key(spec), c.init_params, tx)
-    manager = checkpoint.make_manager(
-        os.path.join(workdir, CHECKPOINT_DIR), spec.loop.keep_checkpoints
+    abstract = jax.eval_shape(c.init_params, jax.random.PRNGKey(0))  # shapes and dtypes only
+    ema_params, step = checkpoint.restore_ema(
+        os.path.join(workdir, CHECKPOINT_DIR), abstract, parallel.replicated(mesh)
     )
-    state, step = checkpoint.restore_latest(manager, abstract, parallel.replicated(mesh))
-    manager.close()
-    if state is None:
-        raise FileNotFoundError(
-            f"no restorable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}"
-        )
-    return spec, c, state
-
-
-def _shape_key(spec: TrainSpec):
-    return jax.random.PRNGKey(spec.seed)  # any key: only shapes and dtypes are used
+    return spec, c, Trained(ema_params=ema_params, step=step)
