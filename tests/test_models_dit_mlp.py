@@ -1,5 +1,6 @@
-"""DiT (adaLN-Zero) and MLP wiring: exact zero output at init, conditioning paths, gradients to
-every parameter, no mixing across the batch, bfloat16."""
+"""DiT (adaLN-Zero) and MLP wiring: exact zero output at init, conditioning paths (labels and
+cross-attention to a context), gradients to every parameter, no mixing across the batch,
+bfloat16."""
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +20,20 @@ def _names(path):
 
 
 def perturb_zero_init(variables, scale=0.02, seed=0):
-    """Replace the zero-initialised adaLN-Zero modulations and final linear by N(0, scale^2)
-    (drawn in numpy: no per-leaf compiles)."""
+    """Replace the zero-initialised adaLN-Zero modulations, final linear and cross-attention
+    output projections by N(0, scale^2) (drawn in numpy: no per-leaf compiles)."""
     rng = np.random.default_rng(seed)
 
     def maybe(path, p):
-        if any(n in ZERO_INIT for n in _names(path)):
+        if any(n in ZERO_INIT for n in _names(path)) or _is_cross_out(path):
             return jnp.asarray(scale * rng.standard_normal(p.shape), p.dtype)
         return p
 
     return jax.tree_util.tree_map_with_path(maybe, variables)
+
+
+def _is_cross_out(path):
+    return {"cross_attn", "out"} <= set(_names(path))
 
 
 def _rel_change(a, b):
@@ -115,6 +120,68 @@ def test_dit_bfloat16(dit_params, dit_inputs):
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     # bf16 rounding (2^-9 relative) over a depth-2 transformer: a few percent at most.
     assert _rel_change(DIT_APPLY(dit_params, *dit_inputs), out) < 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# DiT with cross-attention to a context [B, L, C] and the pooled context embedding.
+
+C_CTX, L_CTX = 8, 5
+DIT_X = dit_tiny(context_dim=C_CTX, pooled_embedding=True)
+DIT_X_APPLY = jax.jit(DIT_X.apply)
+
+
+@pytest.fixture(scope="module")
+def cross_setup(dit_inputs):
+    x, t, y = dit_inputs
+    cond = {"y": y, "context": jax.random.normal(jax.random.PRNGKey(4), (B, L_CTX, C_CTX))}
+    fresh = jax.jit(DIT_X.init)(jax.random.PRNGKey(0), x, t, cond)
+    return fresh, perturb_zero_init(fresh), cond
+
+
+def test_cross_attention_dit_fresh_zero_and_context_paths(cross_setup, dit_inputs):
+    fresh, params, cond = cross_setup
+    x, t, _ = dit_inputs
+    assert np.all(np.asarray(DIT_X_APPLY(fresh, x, t, cond)) == 0.0)
+    other = {**cond, "context": 3.0 * cond["context"] + 1.0}
+
+    def zero(pred):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: jnp.zeros_like(p) if pred(path) else p, params
+        )
+
+    pooled = lambda path: "pooled_embed" in _names(path)
+    # With every cross-attention output projection and the pooled embedding zeroed, the
+    # context cannot change a single bit of the output: those are its only paths.
+    both = zero(lambda path: _is_cross_out(path) or pooled(path))
+    np.testing.assert_array_equal(DIT_X_APPLY(both, x, t, cond), DIT_X_APPLY(both, x, t, other))
+    for alive in (zero(_is_cross_out), zero(pooled), params):  # each path alone is live
+        assert _rel_change(DIT_X_APPLY(alive, x, t, cond), DIT_X_APPLY(alive, x, t, other)) > LIVE
+    # The padding convention: a context of zero rows pools like its non-zero rows alone.
+    padded = {**cond, "context": jnp.concatenate([cond["context"], 0 * cond["context"]], 1)}
+    no_cross = zero(_is_cross_out)
+    np.testing.assert_allclose(
+        DIT_X_APPLY(no_cross, x, t, padded), DIT_X_APPLY(no_cross, x, t, cond), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_cross_attention_dit_gradients_and_shapes(cross_setup, dit_inputs):
+    fresh, params, cond = cross_setup
+    x, t, _ = dit_inputs
+    w = jax.random.normal(jax.random.PRNGKey(3), (B, 8, 8, 8))
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(w * DIT_X.apply(p, x, t, cond))))(params)
+    assert not _dead(grads), _dead(grads)
+    assert any(
+        "cross_attn" in jax.tree_util.keystr(k)
+        for k, _ in jax.tree_util.tree_leaves_with_path(grads)
+    )
+    with pytest.raises(ValueError, match=r"no cross-attention \(context_dim=None\); got a context"):
+        DIT.init(jax.random.PRNGKey(0), x, t, cond)
+    with pytest.raises(ValueError, match=r"\(context_dim=8\); no context"):
+        DIT_X.apply(fresh, x, t, cond["y"])
+    with pytest.raises(ValueError, match=r"context must have shape \(2, L, 8\)"):
+        DIT_X.apply(fresh, x, t, {**cond, "context": jnp.zeros((B, L_CTX, 4))})
+    with pytest.raises(ValueError, match="pooled_embedding=True needs cross-attention"):
+        dit_tiny(pooled_embedding=True)
 
 
 # ----------------------------------------------------------------------------------------------

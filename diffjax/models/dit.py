@@ -18,6 +18,7 @@ from diffjax.models.layers import (
     null_labels,
     split_cond,
 )
+from diffjax.models.text import pool_context
 from diffjax.typing import Array
 
 xavier = nn.initializers.xavier_uniform()
@@ -49,15 +50,21 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
 
 class DiTBlock(nn.Module):
     """x + g1 attn(adaLN(x)) ; x + g2 mlp(adaLN(x)), with (shift, scale, gate) x 2 regressed
-    from c by a zero-initialised Dense: adaLN-Zero (Peebles & Xie 2023, sec. 3.2, fig. 3)."""
+    from c by a zero-initialised Dense: adaLN-Zero (Peebles & Xie 2023, sec. 3.2, fig. 3).
+
+    With `cross_attention`, x + cross_attn(LN(x), context) sits between the two, its output
+    projection zero-initialised so that a fresh block ignores the context (the cross-attention
+    DiT block of Peebles & Xie 2023, fig. 3, as used by PixArt-alpha, Chen et al. 2024).
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
+    cross_attention: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, c: Array) -> Array:
+    def __call__(self, x: Array, c: Array, context: Array | None = None) -> Array:
         d = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         mod = nn.Dense(6 * d, kernel_init=zeros, name="adaLN", **kw)(nn.silu(c))  # [B, 6D]
@@ -66,6 +73,10 @@ class DiTBlock(nn.Module):
         h = modulate(norm("norm1")(x), shift1, scale1)
         h = Attention(self.num_heads, kernel_init=xavier, name="attn", **kw)(h)
         x = x + gate1[:, None, :] * h
+        if self.cross_attention:
+            q = nn.LayerNorm(1e-6, name="norm_cross", **kw)(x)
+            attn = Attention(self.num_heads, True, xavier, name="cross_attn", **kw)
+            x = x + attn(q, context.astype(x.dtype))
         h = modulate(norm("norm2")(x), shift2, scale2)
         h = nn.Dense(int(d * self.mlp_ratio), kernel_init=xavier, name="mlp0", **kw)(h)
         h = nn.Dense(d, kernel_init=xavier, name="mlp1", **kw)(nn.gelu(h, approximate=True))
@@ -79,7 +90,10 @@ class DiT(nn.Module):
     (e.g. 32x32x4 latents), t [B] in [0, 1] (embedded as 1000 t) and `cond` as in
     `diffjax.models.layers.split_cond`: labels [B] with index num_classes the null label (label
     dropout for classifier-free guidance is the caller's job: replace labels by num_classes),
-    y = None meaning all-null; an optional concat image. Returns [B, H, W, C_out] float32,
+    y = None meaning all-null; a context [B, L, context_dim] for cross-attention (e.g. text
+    token states, when `context_dim` is set); an optional concat image. With
+    `pooled_embedding`, Dense(`diffjax.models.text.pool_context`(context)) is added to the
+    conditioning vector c (the pooled text embedding). Returns [B, H, W, C_out] float32,
     C_out = 2 in_channels when `learn_sigma` ([mean | v], see `diffjax.models.heads`).
 
     Pipeline: patchify (conv, stride p) + fixed 2-D sin-cos positions -> N adaLN-Zero blocks
@@ -99,6 +113,8 @@ class DiT(nn.Module):
     learn_sigma: bool = True
     num_classes: int | None = 1000
     concat_channels: int = 0
+    context_dim: int | None = None
+    pooled_embedding: bool = False
     freq_dim: int = 256
     time_scale: float = 1000.0
     dtype: Dtype = jnp.float32
@@ -111,6 +127,8 @@ class DiT(nn.Module):
             raise ValueError(
                 f"hidden={self.hidden} must be divisible by 4 and by num_heads={self.num_heads}"
             )
+        if self.pooled_embedding and self.context_dim is None:
+            raise ValueError("pooled_embedding=True needs cross-attention (set context_dim)")
         super().__post_init__()
 
     @nn.compact
@@ -140,8 +158,13 @@ class DiT(nn.Module):
             c = c + nn.Embed(
                 self.num_classes + 1, self.hidden, embedding_init=normal02, name="y_embed", **kw
             )(labels)
+        if self.pooled_embedding:
+            pooled = pool_context(context.astype(jnp.float32))  # [B, C_ctx]
+            c = c + nn.Dense(self.hidden, kernel_init=normal02, name="pooled_embed", **kw)(pooled)
+        cross = self.context_dim is not None
         for i in range(self.depth):
-            h = DiTBlock(self.num_heads, self.mlp_ratio, name=f"block{i}", **kw)(h, c)
+            block = DiTBlock(self.num_heads, self.mlp_ratio, cross, name=f"block{i}", **kw)
+            h = block(h, c, context)
         c_out = head_channels(self.in_channels, self.learn_sigma)
         mod = nn.Dense(2 * self.hidden, kernel_init=zeros, name="final_adaLN", **kw)(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
@@ -157,8 +180,18 @@ class DiT(nn.Module):
                 f"image size {height}x{width} is not divisible by patch_size={self.patch_size}"
             )
         check_labels(y, self.num_classes, b, "DiT")
-        if context is not None:
-            raise ValueError("DiT has no cross-attention; got a context (use labels or concat)")
+        if context is not None and self.context_dim is None:
+            raise ValueError("DiT has no cross-attention (context_dim=None); got a context")
+        if context is None and self.context_dim is not None:
+            raise ValueError(
+                f"DiT has cross-attention (context_dim={self.context_dim}); no context"
+            )
+        if context is not None and (
+            np.ndim(context) != 3 or np.shape(context)[::2] != (b, self.context_dim)
+        ):
+            raise ValueError(
+                f"context must have shape ({b}, L, {self.context_dim}); got {np.shape(context)}"
+            )
         if (concat is None) != (not self.concat_channels) or (
             concat is not None and np.shape(concat) != (b, height, width, self.concat_channels)
         ):

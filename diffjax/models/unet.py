@@ -19,6 +19,7 @@ from diffjax.models.layers import (
     null_labels,
     split_cond,
 )
+from diffjax.models.text import pool_context
 from diffjax.typing import Array
 
 # DDPM initialises with variance scaling (scale 1, fan_avg, uniform); "init_scale=0" is zeros.
@@ -127,6 +128,8 @@ class UNet(nn.Module):
       num_classes: adds Embed(num_classes + 1) to the time embedding; index num_classes is
         the null label used when no labels are given (classifier-free guidance).
       context_dim: enables cross-attention (transformer blocks) to a context [B, L, context_dim].
+      pooled_embedding: adds Dense(`diffjax.models.text.pool_context`(context)) to the time
+        embedding (the pooled text embedding); needs context_dim.
       concat_channels: channels of the `concat` image joined to x_t before the first conv.
       scale_shift_norm: FiLM norm of improved DDPM.
       dtype / param_dtype: compute and parameter dtypes (e.g. bfloat16 / float32).
@@ -149,6 +152,7 @@ class UNet(nn.Module):
     num_groups: int = 32
     num_classes: int | None = None
     context_dim: int | None = None
+    pooled_embedding: bool = False
     concat_channels: int = 0
     scale_shift_norm: bool = False
     time_scale: float = 1000.0
@@ -175,7 +179,7 @@ class UNet(nn.Module):
             self.num_heads, self.num_groups, self.context_dim is not None, name=name, **self._kw()
         )(h, context)
 
-    def _embed(self, t: Array, y: Array | None) -> Array:
+    def _embed(self, t: Array, y: Array | None, context: Array | None) -> Array:
         temb = TimestepEmbedding(
             self.ch, 4 * self.ch, self.time_scale, default_init, name="temb", **self._kw()
         )(t)  # [B, 4 ch]
@@ -184,6 +188,11 @@ class UNet(nn.Module):
             temb = temb + nn.Embed(
                 self.num_classes + 1, 4 * self.ch, name="label_emb", **self._kw()
             )(labels)
+        if self.pooled_embedding:
+            pooled = pool_context(context.astype(jnp.float32))  # [B, C_ctx]
+            temb = temb + nn.Dense(
+                4 * self.ch, kernel_init=default_init, name="pooled_emb", **self._kw()
+            )(pooled)
         return temb
 
     def _down(self, x: Array, temb: Array, context: Array | None, train: bool) -> list[Array]:
@@ -218,7 +227,7 @@ class UNet(nn.Module):
         self._check_call(x, t, y, context, concat)
         if self.concat_channels:
             x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)  # [B, H, W, C + C']
-        temb = self._embed(t, y)
+        temb = self._embed(t, y, context)
         hs = self._down(x, temb, context, train)
         h = self._res(hs[-1], temb, hs[-1].shape[-1], train, "mid_res0")
         h = self._attn(h, context, "mid_attn")
@@ -263,6 +272,8 @@ def _check_config(m: UNet) -> None:
                 f"width ch*mult={m.ch * k} must be divisible by num_groups={m.num_groups} and "
                 f"num_heads={m.num_heads}"
             )
+    if m.pooled_embedding and m.context_dim is None:
+        raise ValueError("pooled_embedding=True needs cross-attention (set context_dim)")
     if m.concat_channels < 0 or m.in_channels < 1:
         raise ValueError(
             f"need in_channels >= 1 and concat_channels >= 0; got {m.in_channels}, "
