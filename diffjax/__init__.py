@@ -7,7 +7,7 @@ here and needs no flax. The Flax layers are sub-packages loaded on first use:
 
 import importlib
 
-from diffjax import guidance, losses, schedules, toy
+from diffjax import consistency, guidance, losses, reflow, schedules, toy
 from diffjax.inpaint import inpaint
 from diffjax.kernels import bcast, marginal, posterior, transition
 from diffjax.likelihood import bits_per_dim, dequantize, likelihood, nll_dataset
@@ -15,6 +15,7 @@ from diffjax.processes import (
     Process,
     cosine,
     discrete,
+    edm,
     get_process,
     ot_flow,
     rectified_flow,
@@ -42,10 +43,12 @@ __all__ = [
     "Process",
     "bcast",
     "bits_per_dim",
+    "consistency",
     "convert",
     "cosine",
     "dequantize",
     "discrete",
+    "edm",
     "get_process",
     "guidance",
     "inpaint",
@@ -56,6 +59,7 @@ __all__ = [
     "ot_flow",
     "posterior",
     "rectified_flow",
+    "reflow",
     "sample",
     "schedules",
     "subvp",

@@ -17,6 +17,7 @@ def test_tour_runs():
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["samples"].shape == (512, 2) and np.all(np.isfinite(scope["nll"]))
     assert np.all(np.isfinite(scope["guided_samples"]))
+    assert scope["net_samples"].shape == (64, 2) and np.all(np.isfinite(scope["net_samples"]))
 
 
 def test_quickstart_has_two_commands():
