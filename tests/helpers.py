@@ -20,7 +20,9 @@ Each prediction is formed without dividing by alpha or sigma, so it is finite at
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -269,3 +271,26 @@ def grid_data(key, shape):
     """8-bit data scaled to [-1, 1], including both edge values."""
     k = jax.random.randint(key, shape, 0, 256).at[0, :2].set(jnp.array([0, 255]))
     return (2.0 * k / 255.0 - 1.0).astype(jnp.float32)
+
+
+def tree_hash(root) -> dict[str, str]:
+    """{relative path: sha256 of its bytes} for every file, and every folder as '<dir>'."""
+    out = {}
+    for folder, _dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        out[rel + "/"] = "<dir>"
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def counting_model():
+    """A cheap linear eps model that counts its calls at run time (jax.debug.callback)."""
+    calls = []
+
+    def model(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return 0.5 * x
+
+    return model, calls

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.helpers import tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "experiments", "toy2d.py")
@@ -55,18 +56,6 @@ def test_train_writes_everything(digits_workdir):
     assert grid.shape == (33 + 1, 10 * 33 + 1)  # one column per class, 8x8 upscaled to 32x32
     config = json.load(open(digits_workdir / "config.json"))
     assert config["cond"]["num_classes"] == 10 and config["sample"]["kwargs"]["eta"] == 0.0
-
-
-def tree_hash(root) -> dict[str, str]:
-    """{relative path: sha256 of its bytes} for every file, and every folder as '<dir>'."""
-    out = {}
-    for folder, _dirs, files in os.walk(root):
-        rel = os.path.relpath(folder, root)
-        out[rel + "/"] = "<dir>"
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def test_sample_program(digits_workdir, tmp_path):

@@ -4,7 +4,6 @@ restored (the optimiser config may differ), and a bad checkpoint is a clear erro
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -18,21 +17,10 @@ from ml_collections import config_flags
 from diffjax.train import checkpoint, evaluate
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, load_trained
+from tests.helpers import tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "experiments", "toy2d.py")
-
-
-def tree_hash(root) -> dict[str, str]:
-    """{relative path: sha256 of its bytes} for every file, and every folder as '<dir>'."""
-    out = {}
-    for folder, _dirs, files in os.walk(root):
-        rel = os.path.relpath(folder, root)
-        out[rel + "/"] = "<dir>"
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

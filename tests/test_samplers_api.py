@@ -8,7 +8,7 @@ import pytest
 
 from diffjax import processes, schedules, toy
 from diffjax.samplers import SOLVERS, sample, time_grid
-from tests.helpers import Gaussian
+from tests.helpers import Gaussian, counting_model
 
 VP = processes.vp()
 MIX = toy.ring(k=4, radius=1.5, std=0.3)
@@ -36,17 +36,6 @@ def test_time_grids():
     np.testing.assert_allclose(d * 1000, np.arange(1000, -1, -20), atol=1e-3)
 
 
-def _counting_model():
-    """A cheap linear eps model that counts its calls at run time (jax.debug.callback)."""
-    calls = []
-
-    def model(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return 0.5 * x
-
-    return model, calls
-
-
 @pytest.mark.parametrize(
     "name, opts, nfe",
     [
@@ -62,7 +51,7 @@ def _counting_model():
 def test_info_nfe_equals_counted_model_calls(name, opts, nfe):
     """steps = number of intervals; info['nfe'] = model calls actually made (stages per
     interval, plus one for denoise_final), counted at run time."""
-    model, calls = _counting_model()
+    model, calls = counting_model()
     x, info = sample(KEY, model, VP, (8, 2), solver=name, steps=5, return_info=True, **opts)
     jax.block_until_ready(x)
     assert info["nfe"] == nfe == len(calls) and len(info["ts"]) == 6
@@ -71,7 +60,7 @@ def test_info_nfe_equals_counted_model_calls(name, opts, nfe):
 def test_heun_skips_correction_at_sigma_zero():
     """Karras et al. Alg. 2, line 9: no correction on the last step of a chain ending at x_0."""
     chain = processes.discrete(schedules.linear_betas(100))
-    model, calls = _counting_model()
+    model, calls = counting_model()
     x, info = sample(KEY, model, chain, (8, 2), solver="heun", steps=5, return_info=True)
     jax.block_until_ready(x)
     assert info["nfe"] == 9 == len(calls)
@@ -80,7 +69,7 @@ def test_heun_skips_correction_at_sigma_zero():
 @pytest.mark.parametrize("tol", [1e-3, 1e-6])
 def test_dopri5_nfe_matches_counted_model_calls(tol):
     """info['nfe'] (from diffrax's num_steps) equals the number of model calls."""
-    model, calls = _counting_model()
+    model, calls = counting_model()
     x, info = sample(KEY, model, VP, (8, 2), solver="dopri5", return_info=True, rtol=tol, atol=tol)
     jax.block_until_ready(x)
     assert int(info["nfe"]) == len(calls) > 10

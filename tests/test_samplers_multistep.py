@@ -10,6 +10,7 @@ import pytest
 
 from diffjax import processes, schedules, toy
 from diffjax.samplers import sample
+from tests.helpers import counting_model
 
 VP = processes.vp()
 CHAIN = processes.discrete(schedules.linear_betas(1000))
@@ -70,16 +71,6 @@ def test_dpm_solver_pp_first_step_is_ddim_and_order_1_is_ddim(x64):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
-def _counting_model():
-    calls = []
-
-    def model(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return 0.5 * x
-
-    return model, calls
-
-
 @pytest.mark.parametrize(
     "name, opts, nfe",
     [
@@ -94,7 +85,7 @@ def _counting_model():
     ],
 )
 def test_info_nfe_equals_counted_model_calls(name, opts, nfe):
-    model, calls = _counting_model()
+    model, calls = counting_model()
     x, info = sample(KEY, model, VP, (8, 2), solver=name, steps=5, return_info=True, **opts)
     jax.block_until_ready(x)
     assert info["nfe"] == nfe == len(calls)

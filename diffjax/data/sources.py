@@ -150,19 +150,10 @@ def _tfds_source(config: DataConfig, host, start_step: int) -> Batches:
         raise ValueError(
             f"unknown tfds_reader {config.tfds_reader!r}; expected one of {TFDS_READERS}"
         )
+    read = tfds_batches
     if config.tfds_reader == "tf_data":
-        from diffjax.data.tfdata import tfdata_batches  # needs TensorFlow
-
-        return tfdata_batches(
-            config.tfds_name,
-            split=config.split,
-            data_dir=config.data_dir,
-            image_key=config.image_key,
-            label_key=config.label_key,
-            image_size=config.image_size,
-            **_pipeline_options(config, host, start_step),
-        )
-    return tfds_batches(
+        from diffjax.data.tfdata import tfdata_batches as read  # needs TensorFlow
+    return read(
         config.tfds_name,
         split=config.split,
         data_dir=config.data_dir,

@@ -270,8 +270,8 @@ def sample(
         noise=[N, B, ...] (step i uses noise[i] instead of its key's draw; for the solvers in
         EXPLICIT_NOISE_SOLVERS), use_clipped_model_output (default True: with clip_x0 or
         dynamic_threshold every other kind, e.g. eps, is re-derived from the changed x0 and
-        x_t; False changes only x0 and keeps the model's own eps, diffusers' default), and the solver's own options (see
-        each solver module and `SOLVERS[name].options`).
+        x_t; False changes only x0 and keeps the model's own eps, diffusers' default), and the
+        solver's own options (see each solver module and `SOLVERS[name].options`).
     Returns:
       samples [B, ...] at t_min (or the x0-prediction there with denoise_final=True), and the
       info dict when return_info.
