@@ -1,13 +1,16 @@
 """Evaluate a training workdir: sample quality for several solver:steps pairs, optional bits/dim.
 
   python launch/evaluate.py --workdir=workdirs/digits --solvers=ddim:10,ddim:50,ddpm:1000 \
-      --num=1000 [--bpd_num=256] [--elbo_num=256]
+      --num=1000 [--bpd_num=256] [--elbo_num=256] [--straightness_num=1000]
 
 Prints a table (one row per solver:steps) and writes `<workdir>/eval_<step>.json`.
 Images: FID/KID/precision/recall on FID-Inception features when its weights are installed,
 the Fréchet distance on the features of the project's small classifier for one-channel data
 (trained once, cached in the workdir), and a pixel sliced Wasserstein; 2-D data: sliced
-Wasserstein and MMD. `--elbo_num` adds the exact discrete DDPM bound in bits/dim.
+Wasserstein and MMD. `--elbo_num` adds the exact discrete DDPM bound in bits/dim;
+`--straightness_num` Liu et al.'s straightness S and the transport cost E||z - x0||^2 (with
+standard errors) of a rectified flow; `--reference_data=digits` compares with that data
+source instead of the run's own (for runs trained on reflow pairs).
 """
 
 import os
@@ -16,11 +19,13 @@ from diffjax.parallel import set_cpu_device_count
 
 set_cpu_device_count()
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from diffjax.losses.reflow import check_rectified_flow  # noqa: E402
 from diffjax.train import evaluate  # noqa: E402
 from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
 from diffjax.train.workdir import load_trained  # noqa: E402
@@ -32,6 +37,15 @@ _BPD_NUM = flags.DEFINE_integer("bpd_num", 0, "data examples for bits/dim (0: sk
 _ELBO_NUM = flags.DEFINE_integer(
     "elbo_num", 0, "data examples for the exact discrete DDPM bound in bits/dim (0: skip)"
 )
+_STRAIGHT = flags.DEFINE_integer(
+    "straightness_num", 0, "noise draws for Liu et al.'s straightness and transport cost "
+    "(rectified flows only; 0: skip)"
+)  # fmt: skip
+_STRAIGHT_STEPS = flags.DEFINE_integer("straightness_steps", 100, "Euler steps for straightness")
+_REFERENCE = flags.DEFINE_string(
+    "reference_data", None, "compare samples with this data source (e.g. 'digits') instead of "
+    "the run's own (a reflow run's own data are its teacher's pairs)"
+)  # fmt: skip
 _SEED = flags.DEFINE_integer("seed", 0, "evaluation seed")
 _INCEPTION = flags.DEFINE_bool(
     "inception", True, "FID/KID/precision/recall on FID-Inception features (slow on CPU)"
@@ -45,6 +59,11 @@ def main(argv):
     quiet_orbax_logging()
     pairs = evaluate.parse_solvers(_SOLVERS.value)
     spec, c, state = load_trained(_WORKDIR.value)
+    if _STRAIGHT.value:  # before any sampling: a non-flow run fails fast
+        check_rectified_flow(c.process, "--straightness_num")
+    if _REFERENCE.value is not None:
+        data = dataclasses.replace(spec.data, name=_REFERENCE.value, data_dir=None)
+        spec = dataclasses.replace(spec, data=data)
     key = jax.random.PRNGKey(_SEED.value)
     sample_key, bpd_key = jax.random.split(key)
     result = {
@@ -62,7 +81,11 @@ def main(argv):
         result["elbo"] = evaluate.elbo_bits_per_dim(
             jax.random.fold_in(bpd_key, 1), spec, c, state, _ELBO_NUM.value
         )
-    for name in ("likelihood", "elbo"):
+    if _STRAIGHT.value > 0:
+        result["straightness"] = evaluate.straightness_metrics(
+            jax.random.fold_in(bpd_key, 2), spec, c, state, _STRAIGHT.value, _STRAIGHT_STEPS.value
+        )
+    for name in ("likelihood", "elbo", "straightness"):
         if name in result:
             print(f"{name}:", json.dumps(result[name]))
     path = os.path.join(_WORKDIR.value, f"eval_{result['step']:07d}.json")

@@ -289,13 +289,48 @@ def test_bad_names_and_shapes_raise_value_error():
                       P.discrete(schedules.linear_betas(10)))  # fmt: skip
 
 
+def _fitted_teacher(kind):
+    """Row helper: kwargs giving a loss the exact `kind` model of the Gaussian fitted to x0 as
+    a fixed teacher (a shifted student then cannot shift its target along with it)."""
+
+    def kwargs(x0, process):
+        x = np.asarray(x0, np.float64)
+        g = Gaussian(x.mean(0), np.cov(x.T) + 1e-3 * np.eye(x.shape[1]))
+        exact = g.model(process, kind)
+        return {"teacher": lambda x_t, t, *cond: exact(x_t, t), "teacher_prediction": kind}
+
+    return kwargs
+
+
 # How to call a registered loss that needs more than (model, key, x0, process): the process it
 # applies to (default: a T = 20 chain, where every other loss applies), whether its model carries
 # learned-variance channels, whether it takes paired noise. A new LOSSES entry that needs other
-# arguments fails the registry tests below until it is described here.
+# arguments fails the registry tests below until it is described here; 'kwargs' computes extra
+# keyword arguments (a fixed teacher, a target network) from (x0, process).
 LOSS_CALLS = {
     "hybrid": {"learned_variance": True},
     "reflow": {"process": P.rectified_flow(), "noise": True},
+    "flow_distillation": {"process": P.rectified_flow(), "noise": True},
+    "progressive": {
+        "process": P.cosine(),
+        "kwargs": lambda x0, p: {
+            **_fitted_teacher("eps")(x0, p),
+            "teacher_steps": 4,
+            "prediction": "eps",
+        },
+    },
+    # the fitted Gaussian's posterior mean as a fixed EMA target (and CD's teacher)
+    "consistency_distillation": {
+        "process": P.cosine(),
+        "kwargs": lambda x0, p: {
+            **_fitted_teacher("eps")(x0, p),
+            "target_model": _fitted_teacher("x0")(x0, p)["teacher"],
+        },
+    },
+    "consistency_training": {
+        "process": P.cosine(),
+        "kwargs": lambda x0, p: {"target_model": _fitted_teacher("x0")(x0, p)["teacher"]},
+    },
 }
 
 
@@ -310,6 +345,7 @@ def _registered_call(name, model, key, x0, **kwargs):
         model = (lambda m: lambda x, t, *c: jnp.concatenate([m(x, t, *c), 0 * x], -1))(model)
     if how.get("noise"):
         kwargs["noise"] = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+    kwargs.update(how.get("kwargs", lambda *_: {})(x0, process))
     return losses.get_loss(name)(model, key, x0, process, **kwargs)
 
 

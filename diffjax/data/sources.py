@@ -8,6 +8,8 @@ Sources (explicit dict `SOURCES`):
   'tfds:<name>'        a TFDS dataset prepared as ArrayRecord in `data_dir` (or 'tfds' with
                        `tfds_name`); never downloads
   'toy_<preset>'       endless draws from `diffjax.toy.PRESETS[preset]`, e.g. 'toy_ring'
+  'pairs'              a reflow pair set (`NpzChunkWriter` chunks) in `data_dir`: batches
+                       {'image' or 'x': x0, 'noise': its paired z}, no labels
 Image sources yield {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}, toy sources
 {'x': float32 [b, D], 'label': int32 [b]}, as numpy arrays; b = batch_size // process_count.
 """
@@ -182,8 +184,18 @@ def _toy_source(preset: str, config: DataConfig, host, start_step: int) -> Batch
     )
 
 
+def _pairs_source(config: DataConfig, host, start_step: int) -> Batches:
+    from diffjax.data.pairs_source import pairs_batches
+
+    options = _pipeline_options(config, host, start_step)
+    for name in ("random_flip", "with_labels"):  # pairs carry no labels; a flip breaks a pair
+        options.pop(name)
+    return pairs_batches(_need_dir(config), **options)
+
+
 SOURCES: dict[str, Callable[..., Batches]] = {
     **{name: functools.partial(_array_source, name) for name in ARRAY_LOADERS},
+    "pairs": _pairs_source,
     "tfds": _tfds_source,
     **{f"toy_{preset}": functools.partial(_toy_source, preset) for preset in toy.PRESETS},
 }

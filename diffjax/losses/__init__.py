@@ -7,6 +7,7 @@ scalar the batch mean and aux holding at least 'per_example' [B] and 't' [B].
 
 from __future__ import annotations
 
+from diffjax.losses import consistency as _consistency
 from diffjax.losses.decoders import discretized_log_likelihood, normal_kl
 from diffjax.losses.distill import flow_distillation, progressive
 from diffjax.losses.reflow import reflow
@@ -24,6 +25,11 @@ LOSSES = {
     "continuous_vlb": continuous_vlb,
     "cfm": cfm,
     "reflow": reflow,
+    "progressive": progressive,  # needs config.teacher (a trained DDIM-samplable model)
+    "flow_distillation": flow_distillation,  # k-step distillation on reflow pairs
+    # x0-models that are consistency functions; target_model = the run's EMA (Song et al. 2023)
+    "consistency_distillation": _consistency.consistency_distillation,  # needs config.teacher
+    "consistency_training": _consistency.consistency_training,
 }
 
 # The prediction kind a loss fixes for itself (its target is always of this kind). The other
@@ -34,6 +40,9 @@ LOSS_PREDICTION = {
     "dsm": "score",  # denoising score matching (Song et al. 2021, eq. 7)
     "cfm": "velocity",  # flow matching on dx_t/dt (Lipman et al. 2023)
     "reflow": "velocity",  # rectified-flow regression on given pairs (Liu et al. 2022)
+    "flow_distillation": "velocity",  # the student's k-step Euler map of its velocity
+    "consistency_distillation": "x0",  # f(x, s) read as the x0 end of the ODE path
+    "consistency_training": "x0",
 }
 
 

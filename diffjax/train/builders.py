@@ -60,10 +60,37 @@ def build_model_components(spec: TrainSpec, batches=None) -> Components:
     )
 
 
+def load_teacher(spec: TrainSpec, c: Components) -> None:
+    """Bind the EMA model of `spec.teacher.workdir` (read-only) into `c.frozen['teacher']`, and
+    give the loss the teacher's prediction kind and process where it takes them (unless
+    config.loss.kwargs set them)."""
+    from diffjax.models import bind
+    from diffjax.train.components import loss_parameters
+    from diffjax.train.workdir import load_trained
+
+    t_spec, _, trained = load_trained(spec.teacher.workdir)
+    if tuple(t_spec.example.shape) != tuple(spec.example.shape):
+        raise ValueError(
+            f"the teacher in {spec.teacher.workdir!r} was trained on examples of shape "
+            f"{tuple(t_spec.example.shape)}; this run's data have shape {spec.example.shape}"
+        )
+    c.frozen["teacher"] = bind(t_spec.model, {"params": trained.ema_params})
+    params, bound = loss_parameters(spec.loss), getattr(spec.loss, "keywords", {})
+    for name, value in (
+        ("teacher_prediction", t_spec.prediction),
+        ("teacher_process", t_spec.process),
+    ):
+        if name in params and name not in bound:
+            c.loss_kwargs[name] = value
+
+
 def build_components(spec: TrainSpec, reference_size: int = 1024) -> Components:
     """Everything `run_training` needs, from the spec (data read lazily from `start_step`);
-    `reference` holds the first `reference_size` examples of step 0 for plots."""
+    `reference` holds the first `reference_size` examples of step 0 for plots; with
+    `spec.teacher.workdir` the teacher is loaded (`load_teacher`)."""
     c = build_model_components(spec, batches=lambda start: build_batches(spec, start))
+    if spec.teacher.workdir is not None:
+        load_teacher(spec, c)
     probe = build_batches(spec, prefetch=0)
     c.reference = np.asarray(jax.device_get(probe.batch_at(0)[c.data_key][:reference_size]))
     return c

@@ -7,6 +7,7 @@ model and in-memory data), so the loop itself depends on no particular model or 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +37,9 @@ class Components:
       data_key: the batch field holding x0 ('image' or 'x').
       example_shape: shape of one example, e.g. (8, 8, 1) or (2,).
       value_range: data range (for writing images), e.g. (-1, 1).
+      frozen: models the loss takes by keyword that are not trained, as pytrees (e.g.
+        {'teacher': a `diffjax.models.bind` model}); the train step passes them as traced jit
+        arguments, so their parameters are never baked into the program.
     """
 
     init_params: Callable[[Array], PyTree]
@@ -48,6 +52,7 @@ class Components:
     example_shape: tuple[int, ...]
     value_range: tuple[float, float] = (-1.0, 1.0)
     reference: Any = None  # optional array of data examples for plots and metrics
+    frozen: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def drop_labels(key: Array, labels: Array, cond: CondSpec) -> Array:
@@ -59,11 +64,32 @@ def drop_labels(key: Array, labels: Array, cond: CondSpec) -> Array:
     return jnp.where(drop, jnp.asarray(cond.num_classes, labels.dtype), labels)
 
 
-def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
-    """(params, key, batch) -> (loss, aux): the configured loss with the model bound to params,
-    dropout keyed from `key`, and labels dropped to the null class when conditional."""
+# Arguments of a loss that the loss function below fills itself: never from a batch field.
+_STANDARD = ("model", "key", "x0", "process", "cond", "t", "teacher", "target_model")
 
-    def loss_fn(params, key, batch):
+
+def loss_parameters(loss: Callable) -> dict[str, inspect.Parameter]:
+    """The parameters of a loss (or of the function under a `functools.partial`)."""
+    return dict(inspect.signature(getattr(loss, "func", loss)).parameters)
+
+
+def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
+    """(params, key, batch, *, ema_params=None, frozen=None) -> (loss, aux): the configured
+    loss with the model bound to params, dropout keyed from `key`, and labels dropped to the
+    null class when conditional.
+
+    Besides x0 (`batch[c.data_key]`) and the labels, the loss gets
+      - every other batch field that names one of its parameters (e.g. a pair set's 'noise'
+        for `reflow` and `flow_distillation`);
+      - `frozen` (default `c.frozen`), e.g. teacher=, as traced pytrees;
+      - target_model= when it takes one: the model at `ema_params` under stop_gradient (the
+        consistency models' EMA target network, Song et al. 2023, so config.ema.decay is mu).
+    """
+    params_of_loss = loss_parameters(c.loss)
+    wants_target = "target_model" in params_of_loss
+    passthrough = set(params_of_loss) - set(_STANDARD)
+
+    def loss_fn(params, key, batch, *, ema_params=None, frozen=None):
         label_key, dropout_key, loss_key = jax.random.split(key, 3)
         labels = None
         if cond.class_conditional:
@@ -72,6 +98,18 @@ def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
         def model(x_t, t, cond=None):
             return c.apply(params, x_t, t, cond, train=True, key=dropout_key)
 
-        return c.loss(model, loss_key, batch[c.data_key], c.process, cond=labels, **c.loss_kwargs)
+        kwargs = {**c.loss_kwargs, **(c.frozen if frozen is None else frozen)}
+        for name in sorted(passthrough & (set(batch) - {c.data_key, "label"})):
+            kwargs.setdefault(name, batch[name])
+        if wants_target:
+            if ema_params is None:
+                raise ValueError("this loss takes target_model: pass ema_params= to loss_fn")
+            target_params = jax.lax.stop_gradient(ema_params)
+
+            def target_model(x_t, t, cond=None):
+                return c.apply(target_params, x_t, t, cond, train=False, key=None)
+
+            kwargs["target_model"] = target_model
+        return c.loss(model, loss_key, batch[c.data_key], c.process, cond=labels, **kwargs)
 
     return loss_fn

@@ -56,6 +56,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.ema.decay = 0.9999  # EMA decay of the parameters
     c.ema.warmup = False  # decay_n = min(decay, (1 + n) / (10 + n)) when True
 
+    # A trained run whose EMA model a distillation loss learns from (read-only; losses with a
+    # `teacher` parameter only). None: no teacher.
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.workdir = placeholder(str)  # the teacher's training workdir ('~' ok)
+
     c.cond = ml_collections.ConfigDict()
     c.cond.class_conditional = False  # feed labels to the model
     c.cond.num_classes = 0  # number of classes; label num_classes is the null class

@@ -217,6 +217,28 @@ def elbo_bits_per_dim(key, spec, c, state, num: int, batch_size: int = 32) -> di
     }
 
 
+def straightness_metrics(key, spec, c, state, num: int, steps: int = 100) -> dict[str, float]:
+    """Liu et al.'s straightness S of the EMA flow and its coupling's transport cost
+    E||z - x0||^2, each with its standard error over `num` noise draws (`diffjax.reflow.
+    straightness`, Euler with `steps` intervals). Only for rectified-flow runs."""
+    from diffjax import reflow
+    from diffjax.losses.reflow import check_rectified_flow
+
+    check_rectified_flow(c.process, "straightness (--straightness_num)")
+    if num < 2:
+        raise ValueError(f"straightness needs num >= 2 noise draws; got {num}")
+    noise_key, solve_key = jax.random.split(key)
+    z = jax.random.normal(noise_key, (num, *c.example_shape))
+    model = lambda x, t: c.apply(state.ema_params, x, t, None, train=False, key=None)  # noqa: E731
+    out = reflow.straightness(
+        solve_key, model, c.process, z, solver="euler", steps=steps, prediction=spec.prediction
+    )
+    names = ("straightness", "stderr", "transport_cost", "transport_stderr")
+    result = {name: float(out[name]) for name in names}
+    result.update(num=int(num), steps=int(steps))
+    return result
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table with one column per key (the DDIM paper's table shape)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))

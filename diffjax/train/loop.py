@@ -124,7 +124,7 @@ def run_training(
     state, manager = init_or_restore(spec, c, workdir, mesh, tx)
     start = int(jax.device_get(state.step))
     logging.info("model parameters: %d; devices: %d", param_count(state.params), mesh.size)
-    step_fn = make_train_step(make_loss_fn(c, spec.cond), tx, spec.ema, mesh)
+    step_fn = make_train_step(make_loss_fn(c, spec.cond), tx, spec.ema, mesh, c.frozen)
     sampler = None
     if spec.sample.num > 0:
         sampler = make_sampler(c, spec.sample, spec.cond, spec.prediction, spec.sample.num)
@@ -174,7 +174,15 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     only the typed `TrainSpec` and the built `Components` are seen.
     """
     from diffjax.train.builders import build_components
+    from diffjax.train.workdir import CONSISTENCY_LOSSES
 
+    if str(config.loss.name) in CONSISTENCY_LOSSES:
+        # the loss needs the consistency function f = c_skip x + c_out F, which only
+        # experiments/consistency.py's train() wraps around the backbone so far
+        raise ValueError(
+            f"loss {config.loss.name!r} trains a consistency model: run it with "
+            "experiments/consistency.py's train(), not launch/train.py"
+        )
     spec = spec_from_config(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(spec.batch_size, mesh.size)

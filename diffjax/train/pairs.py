@@ -1,50 +1,58 @@
 """Reflow pair sets on disk: one .npz file per chunk (`z`, `x`), written and read back in order,
-so a large pair set never has to live in memory at once."""
+so a large pair set never has to live in memory at once. The implementation lives in the data
+layer (`diffjax.data.pairs_source`, also the 'pairs' data source); these names stay here."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from diffjax.data.pairs_source import NpzChunkWriter, chunk_paths, iter_pairs, load_pairs
 
-import numpy as np
-
-_PATTERN = "pairs_{:06d}.npz"
+__all__ = ["NpzChunkWriter", "chunk_paths", "iter_pairs", "load_pairs"]
 
 
-class NpzChunkWriter:
-    """A `writer(index, z, x)` for `diffjax.reflow.make_pairs` that saves chunk `index` as
-    DIR/pairs_{index:06d}.npz with arrays 'z' (noise ends) and 'x' (data ends)."""
+def generate_pairs(
+    teacher_workdir: str,
+    out: str,
+    num: int,
+    *,
+    solver: str = "euler",
+    steps: int = 100,
+    chunk_size: int = 1024,
+    seed: int = 0,
+) -> dict:
+    """Write `num` reflow pairs of the EMA flow in `teacher_workdir` (read-only) to `out` as
+    `NpzChunkWriter` chunks, the solve sharded over every local device; also `out/pairs_info.
+    json` (what made them). Returns that info dict.
 
-    def __init__(self, directory: str):
-        self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+    Raises: ValueError for a teacher that is not a rectified flow, or a chunk size that does
+      not divide over the devices.
+    """
+    import json
+    import os
 
-    def __call__(self, index: int, z, x) -> None:
-        path = os.path.join(self.directory, _PATTERN.format(int(index)))
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, z=np.asarray(z), x=np.asarray(x))
-        os.replace(tmp, path)  # a crash never leaves a half-written chunk under the final name
+    import jax
 
+    from diffjax import parallel, reflow
+    from diffjax.models import bind
+    from diffjax.train.workdir import load_trained
 
-def chunk_paths(directory: str) -> list[str]:
-    """The chunk files of a pair set, in index order."""
-    names = sorted(
-        n for n in os.listdir(directory) if n.startswith("pairs_") and n.endswith(".npz")
-    )
-    names = [n for n in names if not n.endswith(".tmp.npz")]
-    if not names:
-        raise ValueError(f"no pair chunks (pairs_*.npz) in {directory!r}")
-    return [os.path.join(directory, n) for n in names]
-
-
-def iter_pairs(directory: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (z, x) chunk by chunk (one chunk in memory at a time)."""
-    for path in chunk_paths(directory):
-        with np.load(path) as f:
-            yield f["z"], f["x"]
-
-
-def load_pairs(directory: str) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (z [N, ...], x [N, ...]) concatenated (for pair sets that fit in memory)."""
-    zs, xs = zip(*iter_pairs(directory), strict=True)
-    return np.concatenate(zs), np.concatenate(xs)
+    mesh = parallel.make_mesh()
+    if chunk_size % mesh.size or (num % chunk_size) % mesh.size:
+        raise ValueError(
+            f"chunk_size={chunk_size} and the last chunk ({num % chunk_size or chunk_size} of "
+            f"num={num}) must divide over the {mesh.size} devices"
+        )
+    spec, _, trained = load_trained(teacher_workdir, mesh)
+    model = bind(spec.model, {"params": trained.ema_params})
+    reflow.make_pairs(
+        jax.random.PRNGKey(seed), model, spec.process, num, tuple(spec.example.shape),
+        solver=solver, steps=steps, chunk_size=chunk_size, prediction=spec.prediction,
+        writer=NpzChunkWriter(out), sharding=parallel.data_sharding(mesh),
+    )  # fmt: skip
+    info = {
+        "teacher_workdir": os.path.abspath(teacher_workdir), "teacher_step": int(trained.step),
+        "num": int(num), "solver": solver, "steps": int(steps), "chunk_size": int(chunk_size),
+        "seed": int(seed), "shape": list(spec.example.shape),
+    }  # fmt: skip
+    with open(os.path.join(out, "pairs_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    return info

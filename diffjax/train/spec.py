@@ -21,7 +21,7 @@ OPTIMIZERS = ("adam", "adamw")
 # Top-level fields of the experiment ConfigDict (see diffjax/train/config.py).
 CONFIG_FIELDS = (
     "seed", "prediction", "data", "model", "process", "loss", "optim", "ema", "cond", "train",
-    "sample",
+    "sample", "teacher",
 )  # fmt: skip
 
 
@@ -92,6 +92,13 @@ class ExampleSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    """A trained run whose EMA model is given to the loss as `teacher=` (distillation)."""
+
+    workdir: str | None = None  # its training workdir; None: no teacher
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """Everything the training loop needs, built: objects, not names."""
 
@@ -108,6 +115,7 @@ class TrainSpec:
     cond: CondSpec
     loop: LoopSpec
     sample: SampleSpec
+    teacher: TeacherSpec = dataclasses.field(default_factory=TeacherSpec)
 
 
 def _as_dict(section) -> dict[str, Any]:
@@ -218,6 +226,32 @@ def build_loss(name: str, options: dict[str, Any], prediction: str) -> Callable:
     return functools.partial(fn, prediction=prediction, **options)
 
 
+# Loss parameters the training layer fills itself (never from config.loss.kwargs).
+FILLED_BY_TRAINING = ("teacher", "target_model")
+
+
+def check_teacher(name: str, loss: Callable, teacher: TeacherSpec) -> None:
+    """A teacher is configured exactly when the loss takes one (and must when it needs one)."""
+    params = inspect.signature(getattr(loss, "func", loss)).parameters
+    given = sorted(set(getattr(loss, "keywords", {})) & set(FILLED_BY_TRAINING))
+    if given:
+        raise ValueError(
+            f"config.loss.kwargs sets {given}: the training layer fills these (config.teacher."
+            "workdir gives the teacher; the target network is the run's own EMA)"
+        )
+    if teacher.workdir is not None and "teacher" not in params:
+        raise ValueError(
+            f"config.teacher.workdir = {teacher.workdir!r} but loss {name!r} takes no teacher; "
+            "unset it, or use a distillation loss (e.g. 'progressive')"
+        )
+    needs = "teacher" in params and params["teacher"].default is inspect.Parameter.empty
+    if needs and teacher.workdir is None:
+        raise ValueError(
+            f"loss {name!r} needs a teacher: set config.teacher.workdir to the trained "
+            "teacher's workdir; got None"
+        )
+
+
 def data_config(section, batch_size: int, seed: int):
     """The `diffjax.data.DataConfig` of config.data (`~` in data_dir expanded)."""
     from diffjax.data import DataConfig
@@ -285,6 +319,10 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
     sample = _sample_spec(config.sample)
     loss_options = _options(config.loss.get("kwargs"), "loss.kwargs")
     loss = build_loss(str(config.loss.name), loss_options, prediction)
+    teacher = _section(TeacherSpec, config.get("teacher", {}), "teacher")
+    if teacher.workdir is not None:
+        teacher = TeacherSpec(workdir=os.path.expanduser(str(teacher.workdir)))
+    check_teacher(str(config.loss.name), loss, teacher)
     process_options = _options(config.process.get("kwargs"), "process.kwargs")
     try:
         process = get_process(str(config.process.name), **process_options)
@@ -311,4 +349,5 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
         cond=cond,
         loop=loop,
         sample=sample,
+        teacher=teacher,
     )

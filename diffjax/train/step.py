@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffjax import parallel
+from diffjax import modeltree, parallel
 from diffjax.train.optim import ema_decay, ema_update
 from diffjax.train.spec import EmaSpec
 from diffjax.train.state import TrainState
 from diffjax.typing import Array, PyTree
 
-# (params, key, batch) -> (scalar loss, dict of aux metrics)
+# (params, key, batch, *, ema_params, frozen) -> (scalar loss, dict of aux metrics)
 LossFn = Callable[[PyTree, Array, dict], tuple[Array, dict]]
 
 
@@ -41,10 +41,16 @@ def train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
     ema: EmaSpec,
+    frozen: dict | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimiser step with key fold_in(base_key, step); returns (new state, metrics)."""
+    """One optimiser step with key fold_in(base_key, step); returns (new state, metrics).
+
+    The loss also gets the EMA parameters (a consistency loss's target network) and `frozen`
+    (untrained models such as a distillation teacher, traced)."""
     key = jax.random.fold_in(base_key, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, key, batch, ema_params=state.ema_params, frozen=frozen
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = ema_update(state.ema_params, params, ema_decay(ema, state.step))
@@ -56,18 +62,27 @@ def train_step(
 
 
 def make_train_step(
-    loss_fn: LossFn, tx: optax.GradientTransformation, ema: EmaSpec, mesh: Mesh
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    ema: EmaSpec,
+    mesh: Mesh,
+    frozen: dict | None = None,
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """`train_step` jitted with the batch sharded on 'data', everything else replicated, and the
-    incoming state donated (its buffers are reused for the new state)."""
+    incoming state donated (its buffers are reused for the new state). `frozen` (e.g. the
+    teacher model pytree) is a replicated jit argument of every call, not a constant."""
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    # the models' array leaves are traced arguments; modules and functions stay static
+    arrays, static = modeltree.split(frozen) if frozen is not None else ([], None)
 
-    def step(state, batch, base_key):
-        return train_step(state, batch, base_key, loss_fn=loss_fn, tx=tx, ema=ema)
+    def step(state, batch, base_key, arrays):
+        models = None if static is None else modeltree.join(arrays, static)
+        return train_step(state, batch, base_key, loss_fn=loss_fn, tx=tx, ema=ema, frozen=models)
 
-    return jax.jit(
+    jitted = jax.jit(
         step,
-        in_shardings=(repl, data, repl),
+        in_shardings=(repl, data, repl, repl),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
     )
+    return lambda state, batch, base_key: jitted(state, batch, base_key, arrays)

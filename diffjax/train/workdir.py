@@ -19,6 +19,8 @@ from diffjax.typing import PyTree
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 CHECKPOINT_DIR = "checkpoints"
+# losses whose runs store a consistency model's backbone (see load_trained)
+CONSISTENCY_LOSSES = ("consistency_distillation", "consistency_training")
 
 
 def write_run_info(workdir: str, c: Components) -> None:
@@ -53,12 +55,17 @@ class Trained:
     step: int  # the optimiser step of the checkpoint
 
 
-def load_trained(workdir: str, mesh=None) -> tuple[TrainSpec, Components, Trained]:
+def load_trained(
+    workdir: str, mesh=None, *, consistency: bool = False
+) -> tuple[TrainSpec, Components, Trained]:
     """(spec, model components, EMA parameters) of the newest checkpoint in `workdir`.
 
     Read-only: only the `ema_params` subtree is restored (no optimiser, so a changed optimiser
     config does not matter), no data is read (the example shape is in run_info.json), and
     nothing in `workdir` is created, renamed or moved.
+
+    `consistency=True` is for callers that wrap a consistency run's backbone themselves
+    (experiments/consistency.py); otherwise such a workdir is refused.
 
     Raises:
       FileNotFoundError: no config, run info or checkpoint in `workdir`.
@@ -67,7 +74,16 @@ def load_trained(workdir: str, mesh=None) -> tuple[TrainSpec, Components, Traine
     mesh = parallel.make_mesh() if mesh is None else mesh
     info = _read_json(workdir, RUN_INFO_FILE)
     example = ExampleSpec(shape=tuple(info["example_shape"]), key=info["data_key"])
-    spec = spec_from_config(load_config(workdir), example)
+    config = load_config(workdir)
+    if str(config.loss.name) in CONSISTENCY_LOSSES and not consistency:
+        # its network is the bare backbone F, not the consistency function f = c_skip x +
+        # c_out F: sampling it here would silently give wrong samples
+        raise ValueError(
+            f"{workdir!r} holds a consistency model (loss {config.loss.name!r}); the launch "
+            "programs load bare backbones only: sample and evaluate it with "
+            "experiments/consistency.py's evaluate(), which wraps it in ConsistencyModule"
+        )
+    spec = spec_from_config(config, example)
     c = build_model_components(spec)
     c.value_range = tuple(info["value_range"])
     abstract = jax.eval_shape(c.init_params, jax.random.PRNGKey(0))  # shapes and dtypes only
