@@ -136,14 +136,7 @@ def wrap_spec(spec):
 def train(arg, workdir: str, teacher: str | None = None, **overrides):
     """launch/train.py for `get_config(arg)` with the model wrapped (`wrap_spec`); `teacher`
     sets config.teacher.workdir; `overrides` set dotted config fields ('train.num_steps')."""
-    import json
-    import os
-
-    from diffjax import parallel
-    from diffjax.train.builders import build_components
-    from diffjax.train.loop import config_to_json, run_training
-    from diffjax.train.spec import spec_from_config
-    from diffjax.train.workdir import CONFIG_FILE, write_run_info
+    from diffjax.train.loop import train_and_evaluate
 
     config = get_config(arg)
     if teacher is not None:
@@ -151,15 +144,7 @@ def train(arg, workdir: str, teacher: str | None = None, **overrides):
     for name, value in overrides.items():
         section, _, field = name.rpartition(".")
         setattr(config.get(section) if section else config, field, value)
-    spec = wrap_spec(spec_from_config(config))
-    mesh = parallel.make_mesh()
-    os.makedirs(workdir, exist_ok=True)
-    config_json = config_to_json(config)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump(config_json, f, indent=2)
-    components = build_components(spec)
-    write_run_info(workdir, components)
-    return run_training(spec, components, workdir, config_json, mesh)
+    return train_and_evaluate(config, workdir, wrap_spec=wrap_spec)
 
 
 def evaluate(

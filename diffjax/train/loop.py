@@ -167,16 +167,17 @@ def config_to_json(config: Any) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def train_and_evaluate(config: Any, workdir: str) -> TrainState:
+def train_and_evaluate(config: Any, workdir: str, *, wrap_spec=None) -> TrainState:
     """Build everything from the experiment `config` (a ConfigDict) and train in `workdir`.
 
     The one library entry point of launch/train.py: the ConfigDict ends here; below this line
-    only the typed `TrainSpec` and the built `Components` are seen.
+    only the typed `TrainSpec` and the built `Components` are seen. `wrap_spec` (spec -> spec)
+    may replace the built model, e.g. experiments/consistency.py's consistency wrapper.
     """
     from diffjax.train.builders import build_components
     from diffjax.train.workdir import CONSISTENCY_LOSSES
 
-    if str(config.loss.name) in CONSISTENCY_LOSSES:
+    if str(config.loss.name) in CONSISTENCY_LOSSES and wrap_spec is None:
         # the loss needs the consistency function f = c_skip x + c_out F, which only
         # experiments/consistency.py's train() wraps around the backbone so far
         raise ValueError(
@@ -184,6 +185,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
             "experiments/consistency.py's train(), not launch/train.py"
         )
     spec = spec_from_config(config)
+    if wrap_spec is not None:
+        spec = wrap_spec(spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
     os.makedirs(workdir, exist_ok=True)
