@@ -3,6 +3,12 @@
 Data parallelism only: the batch is split over a 1-D mesh with axis 'data' spanning every
 device, parameters and optimiser state are replicated. Under `jax.jit` with these shardings a
 plain mean over the batch is already the global mean, so no collective is written by hand.
+
+Multi-host: `initialize_distributed` joins the processes (cluster auto-detection or a
+hand-started coordinator); the mesh lists the devices process by process, so host p's devices
+hold rows [p B/P, (p + 1) B/P) of a global batch of B, exactly the rows the data layer gives
+host p (`diffjax.data.pipeline`). `is_primary` says who writes logs; `gather` and `sync` are the
+only cross-host calls outside the jitted step.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ def make_mesh(devices=None) -> Mesh:
     JAX version and then reject unsharded inputs.
     """
     devices = jax.devices() if devices is None else list(devices)
+    # process by process (stable: each host's own order kept), so that host p's devices are
+    # one contiguous block of rows of the batch axis
+    devices = sorted(devices, key=lambda d: d.process_index)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -50,22 +59,41 @@ def check_batch_divisible(batch_size: int, num_devices: int, what: str = "batch 
         )
 
 
+def host_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+    """(start, stop): the rows of a global batch that this process's devices of `mesh` hold."""
+    index_map = data_sharding(mesh).addressable_devices_indices_map((global_batch,))
+    starts = [idx[0].start or 0 for idx in index_map.values()]
+    stops = [global_batch if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+    return min(starts), max(stops)
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Global arrays sharded on 'data' from this host's piece of every leaf of `batch`.
 
     Args:
-      batch: a pytree of numpy arrays [B_local, ...]; B_local = B_global / process_count.
+      batch: a pytree of numpy arrays [B_local, ...]; B_local = B_global / process_count, host
+        p's piece being rows [p B_local, (p + 1) B_local) of the global batch (the data layer's
+        convention).
       mesh: the data mesh.
     Returns:
-      the same pytree of `jax.Array`s of shape [B_global, ...] sharded over 'data'.
+      the same pytree of `jax.Array`s of shape [B_global, ...] sharded over 'data', built with
+      `jax.make_array_from_process_local_data` (no host ever holds the global batch).
     """
     sharding = data_sharding(mesh)
     n_local = len(mesh.local_devices)
+    count, index = jax.process_count(), jax.process_index()
 
     def put(x):
         x = np.asarray(x)
         check_batch_divisible(x.shape[0], n_local, "per-host batch size")
-        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        global_shape = (x.shape[0] * count,) + x.shape[1:]
+        if count > 1:
+            want = (index * x.shape[0], (index + 1) * x.shape[0])
+            if host_rows(mesh, global_shape[0]) != want:
+                raise ValueError(
+                    f"process {index}'s devices hold rows {host_rows(mesh, global_shape[0])} of "
+                    f"the global batch, not its data rows {want}: build the mesh with make_mesh"
+                )
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(put, batch)
@@ -76,13 +104,144 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
-def initialize_distributed(**kwargs) -> None:
-    """`jax.distributed.initialize(**kwargs)` for multi-host runs; call before any other JAX use.
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process JAX run; call before anything else touches the devices.
 
-    On a single host there is nothing to do; the call is kept here so that every multi-host
-    concern lives in this module.
+    With no arguments `jax.distributed.initialize()` detects the cluster (SLURM, Open MPI,
+    Cloud TPU, Kubernetes). A hand-started cluster passes all three: the coordinator's
+    "host:port" (process 0's machine), the number of processes and this one's id. On CPU the
+    cross-process collectives are gloo's (XLA's CPU client has none by default).
+
+    Raises:
+      ValueError: only some of the three hand-started arguments, or an id outside the range.
     """
-    jax.distributed.initialize(**kwargs)
+    given = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
+    missing = [k for k, v in given.items() if v is None]
+    if 0 < len(missing) < 3:
+        raise ValueError(
+            f"a hand-started cluster needs coordinator_address, num_processes and process_id; "
+            f"missing {missing} (got {given}); pass none of them for cluster auto-detection"
+        )
+    if not missing:
+        if not isinstance(num_processes, int) or num_processes < 1:
+            raise ValueError(f"num_processes must be a positive integer; got {num_processes!r}")
+        if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"process_id must lie in [0, num_processes={num_processes}); got {process_id!r}"
+            )
+        if ":" not in str(coordinator_address):
+            raise ValueError(
+                f"coordinator_address must be 'host:port'; got {coordinator_address!r}"
+            )
+    if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
+def process_index() -> int:
+    """This process's index in [0, process_count())."""
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """The number of processes (hosts) of the run."""
+    return jax.process_count()
+
+
+def is_primary() -> bool:
+    """True on the one process (index 0) that writes logs, images, plots and JSON files."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (nothing to do on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(x: Any) -> Any:
+    """The whole value of every leaf of `x` as numpy on every host (a global array sharded over
+    hosts is all-gathered; a host-local one is just read)."""
+
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(get, x)
+
+
+def broadcast_from_primary(x: Any) -> Any:
+    """Process 0's value of the numpy pytree `x` on every process (a no-op on one process)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.broadcast_one_to_all(x)
+
+
+class Preempted(Exception):
+    """Training stopped at a pre-emption notice (SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"pre-empted: checkpoint saved at step {step}; rerun to resume")
+        self.step = step
+
+
+class PreemptionWatch:
+    """`with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`.
+
+    One process: a SIGTERM handler sets a flag (the previous handler is restored on exit).
+    Several processes: JAX's pre-emption sync manager (installed by jax.distributed for
+    SIGTERM) makes every process see the notice at the same step, so all save that step.
+    """
+
+    def __init__(self):
+        self.notice = False
+        self._previous = None
+        self._multi = jax.process_count() > 1
+
+    def _handler(self, signum, frame) -> None:
+        del signum, frame
+        self.notice = True
+
+    def __enter__(self) -> PreemptionWatch:
+        import signal
+        import threading
+
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step` (collective in a multi-host run)."""
+        if self._multi:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError:  # no sync manager (e.g. a cluster without the service)
+                return False
+        return self.notice
 
 
 def set_cpu_device_count(count: int | None = None) -> bool:

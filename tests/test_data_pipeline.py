@@ -49,24 +49,38 @@ def test_global_batch_not_divisible_by_hosts_names_both():
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_hosts_read_disjoint_subsets_that_cover_the_data(shuffle):
-    n, hosts = 26, 3  # 26 = 3 * 8 + 2: the last 2 examples are dropped so shards are equal
+def test_hosts_read_slices_of_the_one_host_batch(shuffle):
+    """Host p's batch is rows [4p, 4p + 4) of the 1-process batch of 12, so the hosts are
+    disjoint and cover what one process reads; 26 = 2 * 12 + 2: the final batch of 2 cannot give
+    3 hosts a row each and is dropped."""
+    n, hosts = 26, 3
     images, labels = _arrays(n)
+    opts = dict(batch_size=12, seed=5, shuffle=shuffle, repeat=False, drop_remainder=False)
+    single = list(batches_from_arrays(images, labels, **opts))
+    assert [b["image"].shape[0] for b in single] == [12, 12, 2]
     per_host = []
     for p in range(hosts):
-        it = batches_from_arrays(
-            images, labels, batch_size=12, seed=5, shuffle=shuffle, repeat=False,
-            drop_remainder=False, process_index=p, process_count=hosts,
-        )  # fmt: skip
-        batches = list(it)
+        batches = list(batches_from_arrays(images, labels, process_index=p, process_count=hosts,
+                                           **opts))  # fmt: skip
         assert [b["image"].shape[0] for b in batches] == [4, 4]
+        for got, whole in zip(batches, single, strict=False):
+            np.testing.assert_array_equal(got["image"], whole["image"][4 * p : 4 * p + 4])
+            np.testing.assert_array_equal(got["label"], whole["label"][4 * p : 4 * p + 4])
         per_host.append(_labels(batches))
-        # Each example's pixels travel with its label.
-        got = np.concatenate([b["image"] for b in batches])
-        np.testing.assert_array_equal(got, scale_to_unit(images[per_host[-1]]))
     union = np.concatenate(per_host)
     assert len(set(union.tolist())) == len(union) == 24  # disjoint
-    assert set(union.tolist()) == set(range(24))  # covering (all but the dropped tail)
+    assert set(union.tolist()) == set(_labels(single[:2]).tolist())  # the first 24 in order
+
+
+def test_host_flips_are_slices_of_the_one_host_flips():
+    images, labels = _arrays(24, h=3, w=5)
+    opts = dict(batch_size=8, seed=4, random_flip=True)
+    single = _take(batches_from_arrays(images, labels, **opts), 4)
+    for p in range(2):
+        host = _take(batches_from_arrays(images, labels, process_index=p, process_count=2,
+                                         **opts), 4)  # fmt: skip
+        for got, whole in zip(host, single, strict=True):
+            np.testing.assert_array_equal(got["image"], whole["image"][4 * p : 4 * p + 4])
 
 
 def test_each_epoch_is_a_fresh_permutation():

@@ -120,3 +120,24 @@ def test_set_cpu_device_count_respects_existing_flag(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert parallel.set_cpu_device_count(2)
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+
+
+@pytest.mark.parametrize("name", ["toy_ring", "digits"])
+def test_global_batch_depends_on_seed_and_step_not_on_the_host_count(name):
+    """Host p of P yields rows [p B/P, (p + 1) B/P) of the batch one process draws, at every
+    step and after a resume, so a run can change its number of hosts."""
+    from diffjax.data import DataConfig, make_iterator
+
+    cfg = DataConfig(name=name, batch_size=8, seed=3, random_flip=name == "digits")
+    single = make_iterator(cfg, process_index=0, process_count=1)
+    want = [next(single) for _ in range(3)]
+    for hosts, start in ((2, 0), (4, 0), (2, 1)):
+        its = [
+            make_iterator(cfg, process_index=p, process_count=hosts, start_step=start)
+            for p in range(hosts)
+        ]
+        for step in range(start, 3):
+            parts = [next(it) for it in its]
+            for field in want[step]:
+                got = np.concatenate([part[field] for part in parts])
+                assert got.tobytes() == want[step][field].tobytes(), (hosts, step, field)

@@ -5,10 +5,12 @@ A source is anything that can `fetch(indices [b]) -> {'image': [b, H, W, C], 'la
 `grain.MapDataset` (random access, no TensorFlow), so the batch at any step can be recomputed
 from (seed, step, host) alone: iteration is deterministic and resumes exactly at `start_step`.
 
-Conventions: the batch size passed in is the GLOBAL batch; each of `process_count` hosts reads a
-disjoint, equal-sized shard of the examples (strided: host p reads examples p, p + P, ...) and
-yields batches of `global_batch // process_count`. Images come out as float32 in [-1, 1]
-(`x / max_value * 2 - 1`, so uint8 0 -> -1 and 255 -> 1), labels as int32.
+Conventions: the batch size passed in is the GLOBAL batch B. The global batch at step n is a
+function of (seed, n) only: every host computes the same global order of example indices (and
+the same flips), and host p of P reads and yields only rows [p B/P, (p + 1) B/P) of it, the
+p-th slice of the batch a 1-process run draws. So a run can move between topologies (1 host
+-> 4 hosts -> 2 hosts) and continue with the same batches. Images come out as float32 in
+[-1, 1] (`x / max_value * 2 - 1`, so uint8 0 -> -1 and 255 -> 1), labels as int32.
 """
 
 from __future__ import annotations
@@ -48,19 +50,12 @@ def check_host(process_index: int, process_count: int) -> None:
         )
 
 
-def host_indices(num_examples: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """This host's shard of range(num_examples): every P-th example, all shards equally long.
-
-    The last `num_examples % process_count` examples are dropped so that every host runs the same
-    number of steps per epoch (a multi-host jit step needs all hosts to take part in every step).
-    """
-    check_host(process_index, process_count)
-    per_host = num_examples // process_count
-    if per_host < 1:
-        raise ValueError(
-            f"cannot shard {num_examples} examples over process_count={process_count} hosts"
-        )
-    return grain.MapDataset.range(per_host * process_count)[process_index::process_count]
+def host_slice(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """Host `process_index`'s rows of one global batch of indices [B]: [p m, (p + 1) m) with
+    m = B // P. A short final batch (no drop_remainder) loses its last B % P rows, so that every
+    host still holds an equal part (a multi-host jit step needs equal shards)."""
+    part = indices.shape[0] // process_count
+    return indices[process_index * part : (process_index + 1) * part]
 
 
 def index_batches(
@@ -74,17 +69,27 @@ def index_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.MapDataset:
-    """A random-access dataset whose element `step` is the int64 [b] array of example indices.
+    """A random-access dataset whose element `step` is this host's int64 array of indices.
 
-    Shuffling is a fresh permutation of the host's shard in every epoch (grain folds the epoch
-    into the seed); with `repeat` the stream is infinite and batches run across epoch ends.
+    The global stream is that of one process with batch B = per_host_batch * process_count:
+    range(num_examples), a fresh permutation every epoch (grain folds the epoch into the seed)
+    when `shuffle`, repeated endlessly when `repeat` (batches run across epoch ends), batched
+    by B. Element `step` is `host_slice` of its global batch `step`.
     """
-    ds = host_indices(num_examples, process_index, process_count)
+    check_host(process_index, process_count)
+    if num_examples < 1:
+        raise ValueError(f"a data source needs at least one example; got {num_examples}")
+    ds = grain.MapDataset.range(num_examples)
     if shuffle:
         ds = ds.shuffle(seed=seed % 2**32)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(per_host_batch, drop_remainder=drop_remainder)
+    ds = ds.batch(per_host_batch * process_count, drop_remainder=drop_remainder)
+    if process_count == 1:
+        return ds
+    if not repeat and len(ds) and len(ds[len(ds) - 1]) < process_count:
+        ds = ds[: len(ds) - 1]  # a final batch too short to give every host a row
+    return ds.map(lambda idx: host_slice(idx, process_index, process_count))
 
 
 def scale_to_unit(images: np.ndarray, max_value: float = 255.0) -> np.ndarray:
@@ -92,14 +97,20 @@ def scale_to_unit(images: np.ndarray, max_value: float = 255.0) -> np.ndarray:
     return (np.asarray(images, np.float32) * np.float32(2.0 / max_value) - 1.0).astype(np.float32)
 
 
-def flip_rng(seed: int, step: int, process_index: int) -> np.random.Generator:
-    """The random stream for the augmentation of one host's batch at one step."""
-    return np.random.default_rng([seed % 2**32, _FLIP_STREAM, process_index, step])
+def flip_rng(seed: int, step: int) -> np.random.Generator:
+    """The random stream for the augmentation of the global batch at one step (the trailing
+    0 of the seed words keeps the stream of earlier single-host runs)."""
+    return np.random.default_rng([seed % 2**32, _FLIP_STREAM, 0, step])
 
 
-def random_hflip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
-    """Flip each image [B, H, W, C] left-right (the W axis) with probability 1/2."""
-    flip = rng.random(images.shape[0]) < 0.5  # [B]
+def random_hflip(rng: np.random.Generator, images: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Flip each image [b, H, W, C] left-right (the W axis) with probability 1/2.
+
+    The images are rows [offset, offset + b) of a global batch: the coin of row r is the r-th
+    uniform of `rng` (Generator.random fills its output in order), so a host's flips are its
+    slice of the flips one process draws for the whole batch.
+    """
+    flip = rng.random(offset + images.shape[0])[offset:] < 0.5  # [b]
     return np.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
@@ -110,8 +121,9 @@ def make_finish(
 
     def finish(step: int, raw: Batch) -> Batch:
         images = raw["image"]
-        if flip:
-            images = random_hflip(flip_rng(seed, step, process_index), images)
+        if flip:  # this host holds rows [p b, (p + 1) b) of the global batch
+            offset = process_index * images.shape[0]
+            images = random_hflip(flip_rng(seed, step), images, offset)
         out = {"image": scale_to_unit(images, max_value)}
         if with_labels:
             out["label"] = np.asarray(raw["label"], np.int32).reshape(-1)
@@ -239,8 +251,8 @@ def batches_from_fetch(
     num_batches = None if repeat else len(indices)
     if num_batches == 0:
         raise ValueError(
-            f"no batches: {num_examples} examples over {process_count} host(s) give fewer than "
-            f"per-host batch_size={per_host} examples with drop_remainder=True"
+            f"no batches: {num_examples} examples give no full global batch of "
+            f"batch_size={batch_size} ({process_count} host(s)) with drop_remainder=True"
         )
     info = {
         "key": "image",

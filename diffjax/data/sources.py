@@ -11,7 +11,10 @@ Sources (explicit dict `SOURCES`):
   'pairs'              a reflow pair set (`NpzChunkWriter` chunks) in `data_dir`: batches
                        {'image' or 'x': x0, 'noise': its paired z}, no labels
 Image sources yield {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}, toy sources
-{'x': float32 [b, D], 'label': int32 [b]}, as numpy arrays; b = batch_size // process_count.
+{'x': float32 [b, D], 'label': int32 [b]}, as numpy arrays; b = batch_size // process_count:
+host p yields rows [p b, (p + 1) b) of the global batch one process would draw at that step, so
+the global batch depends on (seed, step) only (the tf.data reader is the exception: its files
+are split between hosts by TFDS).
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-import jax
 import numpy as np
 
-from diffjax import toy
+from diffjax import parallel, toy
 from diffjax.data import digits, folder, idx, imageops
 from diffjax.data.pipeline import Batches, batches_from_arrays
 from diffjax.data.toy_source import toy_batches
@@ -225,7 +227,7 @@ def make_iterator(
     Args:
       config: what to read and how to batch it.
       process_index, process_count: this host and the number of hosts; default
-        `jax.process_index()` and `jax.process_count()` (no mesh needed).
+        `diffjax.parallel.process_index()` and `process_count()` (no mesh needed).
       start_step: the first step to yield; the batches are a function of (seed, step, host),
         so restarting at the step count of a checkpoint resumes the data stream exactly.
 
@@ -235,7 +237,7 @@ def make_iterator(
     """
     config = resolve_name(config)
     host = (
-        jax.process_index() if process_index is None else process_index,
-        jax.process_count() if process_count is None else process_count,
+        parallel.process_index() if process_index is None else process_index,
+        parallel.process_count() if process_count is None else process_count,
     )
     return SOURCES[config.name](config, host, start_step)

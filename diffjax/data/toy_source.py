@@ -1,8 +1,10 @@
 """Endless batches of low-dimensional toy data drawn from `diffjax.toy` Gaussian mixtures.
 
-Each step draws a fresh batch with the key fold_in(fold_in(PRNGKey(seed), host), step), so the
-stream is deterministic, different on every host, and resumes exactly at any step. The label of
-a point is the index of the mixture component it was drawn from.
+Each step draws a fresh global batch with the key fold_in(fold_in(PRNGKey(seed), 0), step), so
+the stream is deterministic and resumes exactly at any step; host p of P keeps rows
+[p B/P, (p + 1) B/P) of it, so the global batch does not depend on the topology (drawing the
+whole batch on every host costs B low-dimensional points). The label of a point is the index of
+the mixture component it was drawn from.
 """
 
 from __future__ import annotations
@@ -45,18 +47,21 @@ def toy_batches(
 ) -> Batches:
     """Batches {'x': float32 [b, D], 'label': int32 [b]} from `toy.PRESETS[preset]`.
 
-    `batch_size` is global; each host draws batch_size // process_count fresh points per step.
+    `batch_size` is global; each host yields its batch_size // process_count rows of it.
     """
     if preset not in toy.PRESETS:
         raise ValueError(f"unknown toy preset {preset!r}; expected one of {tuple(toy.PRESETS)}")
     check_host(process_index, process_count)
     per_host = host_batch_size(batch_size, process_count)
     mix = toy.PRESETS[preset](**(preset_kwargs or {}))
-    host_key = jax.random.fold_in(jax.random.PRNGKey(seed), process_index)
-    draw = jax.jit(functools.partial(sample_labelled, mix=mix, n=per_host))
+    # the trailing 0 keeps the stream of earlier single-host runs
+    stream_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    draw = jax.jit(functools.partial(sample_labelled, mix=mix, n=batch_size))
+    rows = slice(process_index * per_host, (process_index + 1) * per_host)
 
     def batch_at(step: int) -> dict[str, np.ndarray]:
-        x, k = draw(jax.random.fold_in(host_key, step))
+        x, k = draw(jax.random.fold_in(stream_key, step))
+        x, k = x[rows], k[rows]
         out = {"x": np.asarray(x, np.float32)}
         if with_labels:
             out["label"] = np.asarray(k, np.int32)

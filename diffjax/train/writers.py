@@ -1,13 +1,22 @@
-"""Outputs a person reads: metrics (stdout, JSON lines, TensorBoard), image grids, loss curves."""
+"""Outputs a person reads: metrics (stdout, JSON lines, TensorBoard), image grids, loss curves.
+
+Every file goes through `diffjax.train.paths` (etils.epath), so a workdir may be remote. In a
+multi-host run only the primary process (index 0) writes: the others' writers do nothing.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 
 import numpy as np
 from absl import logging
+from etils import epath
+
+from diffjax import parallel
+from diffjax.train import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -15,41 +24,118 @@ METRICS_FILE = "metrics.jsonl"
 class MetricWriter:
     """Writes scalar metrics to absl logging, `<workdir>/metrics.jsonl` and TensorBoard files.
 
-    The JSON-lines file is appended to, so a resumed run continues the same file.
+    The JSON-lines file continues across resumes: `resume_step` (the restored checkpoint's step)
+    drops the rows a killed run wrote after its last checkpoint (step > resume_step), which the
+    resumed run writes again, so no step appears twice. Only the primary process writes; on the
+    other processes every method is a no-op. Use as a context manager or call `close()`.
     """
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
-        os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(workdir, METRICS_FILE)
-        self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
-        self._tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    def __init__(
+        self,
+        workdir,
+        tensorboard: bool = True,
+        *,
+        resume_step: int | None = None,
+        primary: bool | None = None,
+    ):
+        self.primary = parallel.is_primary() if primary is None else primary
+        workdir = paths.workdir_path(workdir)
+        self.path = workdir / METRICS_FILE
+        self._file = self._tb = None
+        self._remote = paths.scheme(workdir) is not None
+        self._rows: list[str] = []
+        if not self.primary:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        if self._remote:  # object stores cannot append: rewrite the whole (small) file
+            self._rows = self.path.read_text().splitlines() if self.path.exists() else []
+        else:
+            self._file = self.path.open("a")
+        use_tb, why = paths.tensorboard_available(workdir)
+        if tensorboard and not use_tb:
+            logging.warning("no TensorBoard events: %s", why)
+        if tensorboard and use_tb:
+            self._tb = _summary_writer()(os.fspath(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.primary:
+            return
         values = {k: float(v) for k, v in metrics.items()}
         logging.info(
             "step %d: %s", step, ", ".join(f"{k} = {v:.5g}" for k, v in sorted(values.items()))
         )
-        self._file.write(json.dumps({"step": int(step), **values}) + "\n")
-        self._file.flush()
+        line = json.dumps({"step": int(step), **values})
+        if self._remote:
+            self._rows.append(line)
+            self.path.write_text("\n".join(self._rows) + "\n")
+        elif self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(name, value, int(step))
             self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        """Close the files (safe to call more than once)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def read_metrics(path: str) -> list[dict]:
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch (when
+    installed) only to accept torch tensors, which costs ~12 s on these CPUs; floats need none.
+    A later `import torch` elsewhere works as usual."""
+    import sys
+
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError, caught there
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
+def truncate_metrics(path, last_step: int) -> int:
+    """Drop the rows with step > `last_step` from a metrics.jsonl file (missing: nothing to do);
+    rewrites it atomically where the filesystem allows. Returns how many rows were dropped."""
+    path = epath.Path(path)
+    if not path.exists():
+        return 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            step = json.loads(ln)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a half-written last line of a killed run
+        if step <= last_step:
+            keep.append(ln)
+    if len(keep) != len(lines):
+        paths.write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+        logging.info("%s: dropped %d rows after step %d", path, len(lines) - len(keep), last_step)
+    return len(lines) - len(keep)
+
+
+def read_metrics(path) -> list[dict]:
     """All records of a metrics.jsonl file (for plots and tests)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = epath.Path(path).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def image_grid(
@@ -88,8 +174,9 @@ def save_image_grid(
     from PIL import Image
 
     grid = image_grid(images, value_range, cols=cols)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    paths.write_bytes_file(path, buffer.getvalue())
     return path
 
 
@@ -106,8 +193,7 @@ def save_points_plot(path: str, points: np.ndarray, reference: np.ndarray | None
     ax.scatter(*np.asarray(points).T, s=2, alpha=0.6, label="samples")
     ax.legend(loc="upper right")
     ax.set_aspect("equal")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -129,6 +215,15 @@ def save_loss_curve(path: str, records: list[dict], key: str = "loss") -> str | 
     ax.set_yscale("log" if min(values) > 0 else "linear")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig, path) -> None:
+    """A matplotlib figure as a PNG at `path` (any filesystem), then closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    plt.close(fig)
+    paths.write_bytes_file(path, buffer.getvalue())
