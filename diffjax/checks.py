@@ -45,3 +45,39 @@ def check_choice(value, choices: Iterable[str], what: str) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
+
+
+def check_floating(x, name: str) -> None:
+    """Raise TypeError unless `x` has a floating dtype (an int image batch must be cast and
+    scaled first: noise added to integers would be silently truncated)."""
+    dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
+    if not np.issubdtype(np.dtype(dtype), np.floating) and dtype != jax.numpy.bfloat16:
+        raise TypeError(
+            f"{name} must be a floating-point array (e.g. float32 scaled to [-1, 1]); "
+            f"got dtype {np.dtype(dtype).name} with shape {np.shape(x)}"
+        )
+
+
+def check_finite(x, name: str) -> None:
+    """Raise ValueError if a concrete `x` holds NaN or inf (tracers are not inspected)."""
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x, dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} must be finite; got {int(bad.sum())} NaN/inf value(s) of {arr.size} "
+            f"(first at index {np.unravel_index(int(np.argmax(bad)), arr.shape)})"
+        )
+
+
+def check_same_structure(a, b, names: str) -> None:
+    """Raise ValueError unless pytrees `a` and `b` have one structure and equal leaf shapes."""
+    sa, sb = jax.tree.structure(a), jax.tree.structure(b)
+    if sa != sb:
+        raise ValueError(f"{names} must have the same structure; got {sa} and {sb}")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if np.shape(x) != np.shape(y):
+            raise ValueError(
+                f"{names} must have the same shapes; got {np.shape(x)} and {np.shape(y)}"
+            )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diffjax.checks import check_same_structure
 from diffjax.processes import Process
 from diffjax.targets import convert
 from diffjax.typing import Array, ModelFn, PyTree
@@ -38,6 +39,7 @@ def cfg(model: ModelFn, cond: PyTree, uncond: PyTree, scale: float) -> ModelFn:
     Returns:
       `guided(x_t, t) -> prediction`, a pytree (a `jax.tree_util.Partial`).
     """
+    check_same_structure(cond, uncond, "cfg's cond and uncond")  # both go through one batch
     return jax.tree_util.Partial(_cfg, model, cond, uncond, _leaf(scale))
 
 

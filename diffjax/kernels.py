@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.checks import check_batch_time, check_same_shape, check_time, is_concrete
+from diffjax.checks import (
+    check_batch_time,
+    check_floating,
+    check_same_shape,
+    check_time,
+    is_concrete,
+)
 from diffjax.processes import Process
 from diffjax.typing import Array, ArrayLike
 
@@ -47,6 +53,7 @@ def marginal(key: Array, process: Process, x0: ArrayLike, t: ArrayLike) -> tuple
       (x_t, eps), both [B, ...].
     """
     x0 = jnp.asarray(x0)
+    check_floating(x0, "x0")
     check_batch_time(t, x0)
     eps = jax.random.normal(key, x0.shape, x0.dtype)
     return bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps, eps

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import modeltree
-from diffjax.checks import check_choice, is_concrete
+from diffjax.checks import check_choice, check_finite, is_concrete
 from diffjax.processes import LIKELIHOOD_T_EPS, Process
 from diffjax.targets import convert
 from diffjax.typing import PREDICTION_KINDS, Array, ArrayLike, ModelFn, PRNGKey
@@ -273,6 +273,7 @@ def _check_args(model, x, prediction, trace, probe, num_probes, rtol, atol, prio
     check_choice(probe, tuple(PROBES), "probe")
     if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a float array [batch, ...]; got shape {x.shape}, {x.dtype}")
+    check_finite(x, "x")  # a NaN would only show as the ODE solver running out of steps
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes must be an integer >= 1; got num_probes = {num_probes!r}")
     for name, tol in (("rtol", rtol), ("atol", atol)):

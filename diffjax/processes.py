@@ -149,7 +149,10 @@ class Process:
         coefficient is read at a grid point (Ho et al. 2020, Algorithm 1); t ~ U(0, 1) in
         continuous time."""
         if self.num_steps is None:
-            return jax.random.uniform(key, (batch,), dtype)
+            # drawn in at least float32 and rounded: bfloat16's own uniform has only 128 values
+            # and gives t = 0 exactly (where sigma = 0 and a score target is infinite) w.p. 1/128
+            wide = jnp.promote_types(dtype, jnp.float32)
+            return jax.random.uniform(key, (batch,), wide).astype(dtype)
         n = jax.random.randint(key, (batch,), 1, self.num_steps + 1)
         return n.astype(dtype) / self.num_steps
 

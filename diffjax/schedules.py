@@ -15,6 +15,13 @@ def _check_steps(T) -> int:
     return int(T)
 
 
+def _check_ends(start, end) -> None:
+    """The first and last beta of a linear-type table, each in (0, 1)."""
+    for name, v in (("start", start), ("end", end)):
+        if not (isinstance(v, (int, float, np.floating)) and 0.0 < float(v) < 1.0):
+            raise ValueError(f"beta {name} must lie in (0, 1); got {name} = {v!r}")
+
+
 def check_betas(betas) -> np.ndarray:
     """Validate a beta table: 1-D, finite, each beta in (0, 1); beta_T = 1 is allowed (zero
     terminal SNR, Lin et al. 2024). Returns it as float64."""
@@ -40,12 +47,14 @@ def alphas_cumprod(betas) -> np.ndarray:
 def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 0.02) -> np.ndarray:
     """Linear schedule of Ho et al. (2020), Sec. 4: beta from 1e-4 to 0.02 over T = 1000."""
     T = _check_steps(T)
+    _check_ends(start, end)
     return check_betas(np.linspace(start, end, T, dtype=np.float64))
 
 
 def scaled_linear_betas(T: int = 1000, start: float = 0.00085, end: float = 0.012) -> np.ndarray:
     """Latent-diffusion (Stable Diffusion) schedule: linear in sqrt(beta)."""
     T = _check_steps(T)
+    _check_ends(start, end)
     return check_betas(np.linspace(start**0.5, end**0.5, T, dtype=np.float64) ** 2)
 
 

@@ -52,8 +52,38 @@ def _check(process, variance, decoder, terms="sampled"):
     check_choice(terms, ("sampled", "all"), "terms")
 
 
+def _check_terminal_snr(process: Process, prediction: str) -> None:
+    """An 'eps' or 'score' model has no x0-prediction where alpha_T = 0 (a zero-terminal-SNR
+    chain, Lin et al. 2024): x0 = (x_T - sigma_T eps) / alpha_T, so L_{T-1} is infinite."""
+    if prediction not in ("eps", "score"):
+        return
+    with jax.ensure_compile_time_eval():  # the chain is a constant table, even under jit
+        alpha_T = float(process.alpha(jnp.ones((), jnp.float32)))
+    if alpha_T == 0.0:
+        raise ValueError(
+            f"the bound of a {prediction!r} model is infinite on this chain: alpha_T = 0 (zero "
+            "terminal SNR), where x0 = (x_T - sigma_T eps) / alpha_T is undefined; train a 'v' "
+            "or 'x0' model on it (Lin et al. 2024), or use a chain with alpha_T > 0"
+        )
+
+
+def _time_dtype(dtype):
+    """Chain times n / T in at least float32: bfloat16 (8 significant bits) rounds (T - 1) / T
+    to 1 for T > 256, which would make the last step's posterior degenerate (s = t)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _draw_steps(key: Array, x0: Array, process: Process, t) -> Array:
+    """Steps n [B] in {1..T}: n = round(t T) clipped to [1, T] from a given t, else drawn
+    uniformly; the times are at least float32, so that n survives the round trip n / T."""
+    proxy = jnp.zeros((x0.shape[0],) + (1,) * (x0.ndim - 1), _time_dtype(x0.dtype))
+    t = sample_times(key, proxy, process, t)
+    return jnp.clip(process.step_of_time(t), 1, process.num_steps)
+
+
 def _step_times(process: Process, n: Array, dtype) -> tuple[Array, Array]:
-    """(s, t) = ((n - 1) / T, n / T) [B], the ends of chain step n."""
+    """(s, t) = ((n - 1) / T, n / T) [B], the ends of chain step n (at least float32)."""
+    dtype = _time_dtype(dtype)
     return process.time_of_step(n - 1, dtype), process.time_of_step(n, dtype)
 
 
@@ -98,7 +128,7 @@ def step_terms(out, x0, x_t, n, process, variance, decoder, prediction) -> Array
     kl = sum_over_data(normal_kl(mean_diff, logvar_q, logvar_p))
     # At n = 1 the model mean is posterior(x0_hat, x_1, 0, 1/T) = x0_hat exactly.
     nll = decoder_nll(x0, x0_hat, logvar_p, decoder)
-    return jnp.where(n == 1, nll, kl)
+    return jnp.where(n == 1, nll, kl).astype(x0.dtype)  # computed in >= float32 (_time_dtype)
 
 
 def _noise(key: Array, n: Array, x0: Array) -> Array:
@@ -113,9 +143,10 @@ def _noise(key: Array, n: Array, x0: Array) -> Array:
 
 
 def _noised(key, x0, n, process):
-    t = process.time_of_step(n, x0.dtype)
+    t = process.time_of_step(n, _time_dtype(x0.dtype))
     eps = _noise(key, n, x0)
-    return t, bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps, eps
+    x_t = bcast(process.alpha(t), x0) * x0 + bcast(process.sigma(t), x0) * eps
+    return t, x_t.astype(x0.dtype), eps
 
 
 def _all_terms(model, key, x0, process, cond, out_shape, options):
@@ -169,6 +200,7 @@ def vlb(
     """
     _check(process, variance, decoder, terms)
     check_prediction(prediction)
+    _check_terminal_snr(process, prediction)
     x0 = check_data(x0)
     check_decoder_data(x0, decoder)
     out_shape = x0.shape[:-1] + (2 * x0.shape[-1],) if variance == "learned" else x0.shape
@@ -183,7 +215,7 @@ def vlb(
         )
         t_out = jnp.full((x0.shape[0],), 1.0, x0.dtype)
     else:
-        n = jnp.clip(process.step_of_time(sample_times(t_key, x0, process, t)), 1, T)
+        n = _draw_steps(t_key, x0, process, t)
         t_out, x_t, _ = _noised(noise_key, x0, n, process)
         term = T * step_terms(
             call_model(model, x_t, t_out, cond, out_shape), x0, x_t, n, process, **options
@@ -218,13 +250,14 @@ def hybrid(
       Sec. 3.1, eq. 16.
     """
     _check(process, "learned", decoder)
+    _check_terminal_snr(process, "eps")
     if is_concrete(lam) and not lam >= 0:
         raise ValueError(f"lam must be >= 0; got lam = {lam!r}")
     x0 = check_data(x0)
     check_decoder_data(x0, decoder)
     t_key, noise_key = jax.random.split(key)
     T = process.num_steps
-    n = jnp.clip(process.step_of_time(sample_times(t_key, x0, process, t)), 1, T)
+    n = _draw_steps(t_key, x0, process, t)
     t_n, x_t, eps = _noised(noise_key, x0, n, process)
     out = call_model(model, x_t, t_n, cond, x0.shape[:-1] + (2 * x0.shape[-1],))
     eps_hat, v = split_learned_variance(out)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import modeltree
-from diffjax.checks import check_choice
+from diffjax.checks import check_choice, check_floating
 from diffjax.processes import Process
 from diffjax.samplers import (
     annealed_langevin,
@@ -309,8 +309,15 @@ def sample(
     with jax.ensure_compile_time_eval():  # the grid and defaults are constants, even under jit
         solver_obj, opts, grid = _resolve(solver, process, steps, options, prediction, ts)
     dtype = jnp.result_type(float) if x_init is None else jnp.asarray(x_init).dtype
+    out_dtype = dtype
     if x_init is not None:
+        check_floating(x_init, "x_init")
         shape = tuple(jnp.shape(x_init))
+        # The loop (state, time grid, coefficients) runs in at least float32, the result is cast
+        # back: bfloat16 rounds t_max = 1 - 1e-3 to 1 (alpha = 0: an eps model's x0 is 0 / 0)
+        # and cannot resolve a 1000-step grid near t = 1.
+        dtype = jnp.promote_types(dtype, jnp.float32)
+        x_init = jnp.asarray(x_init).astype(dtype)
     noise = _check_noise(noise, solver, len(grid) - 1, tuple(shape), dtype)
     leaves, static = modeltree.split(model)
     x, nfe, traj = _run(
@@ -326,6 +333,7 @@ def sample(
         opts=tuple(sorted(opts.items())),
         shape=tuple(shape),
     )
+    x = x.astype(out_dtype)
     if not return_info:
         return x
     if nfe is None:
