@@ -1,5 +1,5 @@
 """Backbone presets: parameters, forward GFLOPs per example (XLA cost analysis of the compiled
-forward) and forward / forward+backward examples per second on the current device.
+forward) and forward / train-step (forward, backward, Adam) examples per second on one device.
 
     python benchmarks/models.py                      # CPU: the small presets; GPU: all
     python benchmarks/models.py --presets=dit_s2,unet_ddpm_cifar10 --batch=16
@@ -12,11 +12,13 @@ count it as 1, so the DiT paper's numbers are about half of the column printed h
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from diffjax.models import MODELS, get_model
 
@@ -53,15 +55,19 @@ def _forward_flops(model, variables, x, t, y) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def _rate(fn, args, batch: int, iters: int, min_seconds: float = 1.0) -> float:
-    """Examples per second of fn(*args) after one warm-up (compile) call: at least `iters`
-    calls and at least `min_seconds`, so tiny models are not timed on dispatch noise alone."""
-    jax.block_until_ready(fn(*args))
-    calls, start = 0, time.perf_counter()
-    while calls < iters or time.perf_counter() - start < min_seconds:
-        jax.block_until_ready(fn(*args))
-        calls += 1
-    return batch * calls / (time.perf_counter() - start)
+def _rate(fn, args, batch: int, iters: int, min_seconds: float = 1.0) -> str:
+    """Examples per second of fn(*args) after one warm-up (compile) call, as 'median (min-max)'
+    over the calls: at least `iters` calls and at least `min_seconds`, so tiny models are not
+    timed on dispatch noise alone. fn returns (args for the next call, output)."""
+    args, out = fn(*args)
+    jax.block_until_ready(out)
+    rates, start = [], time.perf_counter()
+    while len(rates) < iters or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        args, out = fn(*args)
+        jax.block_until_ready(out)
+        rates.append(batch / (time.perf_counter() - t0))
+    return f"{np.median(rates):.1f} ({min(rates):.0f}-{max(rates):.0f})"
 
 
 def bench(name: str, batch: int, iters: int, flops_only: bool, dtype) -> dict:
@@ -76,18 +82,26 @@ def bench(name: str, batch: int, iters: int, flops_only: bool, dtype) -> dict:
     if flops_only:
         return row
     variables = jax.jit(init)()
-    fwd = jax.jit(model.apply)
+    apply = jax.jit(model.apply)
+    fwd = lambda *a: (a, apply(*a))
     loss = lambda v: jnp.mean(model.apply(v, x, t, y) ** 2)
-    train = jax.jit(jax.value_and_grad(loss))
+    tx = optax.adam(1e-4)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train(v, opt_state):  # a full step: forward, backward and the Adam update
+        value, grads = jax.value_and_grad(loss)(v)
+        updates, opt_state = tx.update(grads, opt_state, v)
+        return (optax.apply_updates(v, updates), opt_state), value
+
     row["fwd_ex_s"] = _rate(fwd, (variables, x, t, y), batch, iters)
-    row["fwdbwd_ex_s"] = _rate(train, (variables,), batch, iters)
+    row["fwdbwd_ex_s"] = _rate(train, (variables, tx.init(variables)), batch, iters)
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=None, help="comma-separated names, or 'all'")
-    parser.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 32 on GPU")
+    parser.add_argument("--batch", type=int, default=None, help="default 32 on CPU, 64 on GPU")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--flops-only", action="store_true", help="skip timing")
@@ -102,17 +116,18 @@ def main() -> None:
     unknown = [n for n in names if n not in SHAPES or n not in MODELS]
     if unknown:
         raise SystemExit(f"unknown presets {unknown}; choose from {sorted(SHAPES)}")
-    batch = args.batch or (4 if on_cpu else 32)
+    batch = args.batch or (32 if on_cpu else 64)
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {batch}, "
-        f"compute {args.dtype}, params float32"
+        f"compute {args.dtype}, params float32; one device (the data-parallel launcher step "
+        "against PyTorch: benchmarks/vs_diffusers.py --sections=train); ex/s median (min-max)"
     )
-    print(f"{'preset':<20}{'params (M)':>12}{'GFLOPs/ex':>12}{'fwd ex/s':>12}{'fwd+bwd ex/s':>14}")
+    print(f"{'preset':<20}{'params (M)':>12}{'GFLOPs/ex':>12}{'fwd ex/s':>26}{'train ex/s':>26}")
     for name in names:
         r = bench(name, batch, args.iters, args.flops_only, jnp.dtype(args.dtype))
-        fwd, train = r.get("fwd_ex_s", float("nan")), r.get("fwdbwd_ex_s", float("nan"))
+        fwd, train = r.get("fwd_ex_s", "-"), r.get("fwdbwd_ex_s", "-")
         print(
-            f"{name:<20}{r['params_M']:>12.2f}{r['gflops']:>12.4g}{fwd:>12.1f}{train:>14.1f}",
+            f"{name:<20}{r['params_M']:>12.2f}{r['gflops']:>12.4g}{fwd:>26}{train:>26}",
             flush=True,
         )
 

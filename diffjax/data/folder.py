@@ -71,8 +71,18 @@ def _resolve(root: str) -> str:
     return root
 
 
+# Decoded arrays are cached here (override with $DIFFJAX_CACHE; cache_dir=None disables).
+DEFAULT_CACHE_DIR = os.path.join(
+    os.environ.get("DIFFJAX_CACHE", os.path.expanduser("~/.cache/diffjax")), "image_folder"
+)
+
+
 def load_image_folder(
-    root: str, split: str = "train", image_size: int | None = None, channels: int | None = None
+    root: str,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Images uint8 [N, H, W, C], labels int32 [N] and the class names of an image folder.
 
@@ -82,8 +92,57 @@ def load_image_folder(
       image_size: resize (centre crop, then bilinear) to image_size x image_size; None keeps
         the native size, which must then be the same for every image.
       channels: 1 or 3; None takes 1 if the first image is grayscale, else 3.
+      cache_dir: the decoded arrays are kept in `<cache_dir>/<key>.npz`, the key a sha256 of
+        the source's path, size and modification time (every file's, for a folder), split,
+        image_size and channels: the next call with unchanged files reads them instead of
+        decoding (the CIFAR-10 JPEG archive: decoded once). None: no cache. The data folder
+        itself is never written to.
     """
     source = _resolve(root)
+    path = None if cache_dir is None else _cache_path(cache_dir, source, split, image_size,
+                                                      channels)  # fmt: skip
+    if path is not None and os.path.exists(path):
+        try:
+            with np.load(path) as z:
+                return z["images"], z["labels"], tuple(str(c) for c in z["classes"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: decode again and rewrite it
+    out = _decode(root, source, split, image_size, channels)
+    if path is not None:
+        _write_cache(path, *out)
+    return out
+
+
+def _cache_path(cache_dir, source, split, image_size, channels) -> str:
+    import hashlib
+
+    stamp = [os.path.abspath(source), split, image_size, channels]
+    if os.path.isdir(source):
+        for top, dirs, names in os.walk(source):
+            dirs.sort()
+            for n in sorted(names):
+                st = os.stat(os.path.join(top, n))
+                stamp.append((os.path.relpath(os.path.join(top, n), source), st.st_size,
+                              st.st_mtime_ns))  # fmt: skip
+    else:
+        st = os.stat(source)
+        stamp.append((st.st_size, st.st_mtime_ns))
+    digest = hashlib.sha256(repr(stamp).encode()).hexdigest()[:32]
+    return os.path.join(cache_dir, f"{digest}.npz")
+
+
+def _write_cache(path, images, labels, classes) -> None:
+    """Write atomically (a temporary file, then rename); a failure only skips the cache."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, images=images, labels=labels, classes=np.asarray(classes, dtype=str))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _decode(root, source, split, image_size, channels):
     files = _files_from_dir(source, split) if os.path.isdir(source) else None
     if files is None:
         files = _files_from_archive(source, split)

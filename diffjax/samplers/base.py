@@ -174,18 +174,32 @@ def scan_loop(solver: Solver, ctx: Context, key: Array, x: Array, ts: Array, kee
     """Run solver.step over the intervals (ts[i], ts[i + 1]); returns (x, trajectory or None).
 
     `step(ctx, carry, key, i, t, s) -> carry` replaces solver.step (a wrapper around it, as
-    `diffjax.inpaint` uses); the step keys are fold_in(key, i) either way."""
+    `diffjax.inpaint` uses); the step keys are fold_in(key, i) either way.
+
+    With `keep` the trajectory [N + 1, B, ...] (the initial state, then each step's state) is
+    one buffer allocated before the loop and carried through it, state i + 1 written in place
+    at row i + 1 (`dynamic_update_slice` on a loop carry, which XLA updates in place), so the
+    program holds one copy of it; stacking the scan's per-step outputs and prepending x would
+    copy all N + 1 states once more at the end (twice the memory at the peak)."""
     step = solver.step if step is None else step
 
-    def body(carry, inp):
+    def body(state, inp):
+        carry, traj = state
         i, t, s = inp
         carry = step(ctx, carry, jax.random.fold_in(key, i), i, t, s)
-        return carry, (carry["x"] if keep else None)
+        if keep:
+            traj = jax.lax.dynamic_update_index_in_dim(
+                traj, carry["x"].astype(traj.dtype), i + 1, 0
+            )
+        return (carry, traj), None
 
     n = ts.shape[0] - 1
-    carry, traj = jax.lax.scan(body, solver.init(ctx, x), (jnp.arange(n), ts[:-1], ts[1:]))
-    if keep:
-        traj = jnp.concatenate([x[None], traj], axis=0)  # [N + 1, B, ...]
+    traj = None
+    if keep:  # [N + 1, B, ...]: row 0 the initial state
+        traj = jnp.zeros((n + 1, *x.shape), x.dtype).at[0].set(x)
+    (carry, traj), _ = jax.lax.scan(
+        body, (solver.init(ctx, x), traj), (jnp.arange(n), ts[:-1], ts[1:])
+    )
     return carry["x"], traj
 
 
