@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.checks import check_batch_time
 from diffjax.models.heads import head_channels
 from diffjax.models.layers import (
     Attention,
@@ -132,6 +133,10 @@ class UNet(nn.Module):
         embedding (the pooled text embedding); needs context_dim.
       concat_channels: channels of the `concat` image joined to x_t before the first conv.
       scale_shift_norm: FiLM norm of improved DDPM.
+      aug_time: a second time input, the noise-conditioning augmentation level s [B] of a
+        cascade's SR stage (`diffjax.cascade`; Ho et al. 2021), given as
+        cond['aug_t']; its own TimestepEmbedding is added to the time embedding. Off by
+        default (no parameters, outputs as before).
       dtype / param_dtype: compute and parameter dtypes (e.g. bfloat16 / float32).
     References:
       Ho et al. 2020, "Denoising Diffusion Probabilistic Models", appendix B;
@@ -156,6 +161,7 @@ class UNet(nn.Module):
     concat_channels: int = 0
     scale_shift_norm: bool = False
     time_scale: float = 1000.0
+    aug_time: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -223,11 +229,17 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, t: Array, cond: Any = None, *, train: bool = False) -> Array:
+        cond, aug_t = _split_aug_t(cond, self.aug_time)
         y, context, concat = split_cond(cond)
         self._check_call(x, t, y, context, concat)
         if self.concat_channels:
             x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)  # [B, H, W, C + C']
         temb = self._embed(t, y, context)
+        if self.aug_time:  # the augmentation level s as a second time (diffjax.cascade)
+            check_batch_time(aug_t, t, "UNet's cond['aug_t']")
+            temb = temb + TimestepEmbedding(
+                self.ch, 4 * self.ch, self.time_scale, default_init, name="aug_temb", **self._kw()
+            )(aug_t)
         hs = self._down(x, temb, context, train)
         h = self._res(hs[-1], temb, hs[-1].shape[-1], train, "mid_res0")
         h = self._attn(h, context, "mid_attn")
@@ -256,6 +268,20 @@ class UNet(nn.Module):
         check_labels(y, self.num_classes, b, "UNet")
         _check_context(context, self.context_dim, b, "UNet")
         _check_concat(concat, self.concat_channels, (b, height, width), "UNet")
+
+
+def _split_aug_t(cond: Any, enabled: bool) -> tuple[Any, Array | None]:
+    """(cond without 'aug_t', aug_t): the augmentation level of an `aug_time` U-Net."""
+    aug_t = None
+    if isinstance(cond, dict) and "aug_t" in cond:
+        cond = dict(cond)
+        aug_t = cond.pop("aug_t")
+        cond = cond or None
+    if enabled and aug_t is None:
+        raise ValueError("UNet has aug_time=True: pass the augmentation level as cond['aug_t']")
+    if not enabled and aug_t is not None:
+        raise ValueError("UNet has aug_time=False; got cond['aug_t'] (set aug_time=True)")
+    return cond, aug_t
 
 
 def _check_config(m: UNet) -> None:
