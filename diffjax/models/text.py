@@ -143,3 +143,49 @@ def text_tiny(vocab_size: int, **overrides: Any) -> TextEncoder:
     """A tiny text encoder for tests and CPU runs: width 32, depth 2, 2 heads."""
     kw = dict(width=32, depth=2, num_heads=2)
     return TextEncoder(vocab_size, **{**kw, **overrides})
+
+
+class TextConditioned(nn.Module):
+    """A denoiser conditioned on captions through a text encoder trained jointly with it:
+
+        model(x_t, t, tokens [B, L]) = denoiser(x_t, t, {"context": s * encoder(tokens)})
+
+    the token states [B, L, width] fed to the denoiser's cross-attention (and, with its
+    `pooled_embedding`, their masked mean to its time embedding), as in latent diffusion's
+    text-to-image models (Rombach et al. 2022, sec. 3.3) with a small encoder in place of
+    BERT/CLIP. `cond` None means the null caption `null_tokens` (the tokenisation of "", the
+    caption that classifier-free guidance training drops to), so `model(x_t, t)` is the
+    unconditional model. `cond` may also be a dict {"tokens": [B, L], "y": labels [B]}.
+
+    Attributes:
+      denoiser: a backbone with cross-attention (UNet or DiT with context_dim = encoder width).
+      encoder: a `TextEncoder` (its params, "encoder", are trained with the denoiser's).
+      null_tokens: the ids of the null caption, length encoder.context_length.
+      context_scale: s; 0 zeroes the text encoder's output (an ablation of the text path).
+    """
+
+    denoiser: nn.Module
+    encoder: nn.Module
+    null_tokens: tuple[int, ...]
+    context_scale: float = 1.0
+
+    def null(self, batch: int) -> Array:
+        """The null caption's tokens for `batch` examples: int32 [B, L]."""
+        return jnp.broadcast_to(
+            jnp.asarray(self.null_tokens, jnp.int32), (batch, len(self.null_tokens))
+        )
+
+    @nn.compact
+    def __call__(self, x: Array, t: Array, cond: Any = None, *, train: bool = False) -> Array:
+        tokens, y = (cond.get("tokens"), cond.get("y")) if isinstance(cond, dict) else (cond, None)
+        if tokens is None:
+            tokens = self.null(np.shape(x)[0])
+        if np.ndim(tokens) != 2 or not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+            raise ValueError(
+                f"TextConditioned takes int token ids [B, L] as cond; got {np.shape(tokens)}"
+            )
+        states, _ = self.encoder(tokens)
+        context = {"context": self.context_scale * states}
+        if y is not None:
+            context["y"] = y
+        return self.denoiser(x, t, context, train=train)
