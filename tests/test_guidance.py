@@ -120,3 +120,37 @@ def test_inpaint_bad_options(key):
         inpaint(key, m, p, jnp.zeros((2, 2)), jnp.ones((2, 2)), solver="dopri5")
     with pytest.raises(ValueError, match="jumps"):
         inpaint(key, m, p, jnp.zeros((2, 2)), jnp.ones((2, 2)), jumps=0)
+
+
+def test_cfg_with_a_negative_prompt_gives_the_tilted_target_score(key):
+    """Per-class exact scores of the mixture's components (class k: N(alpha mu_k, v_k I),
+    v_k = alpha^2 s_k^2 + sigma^2), prompt c = 1, negative prompt n = 0 in place of the
+    unconditional model: cfg's score is the score of the tilted target
+    p_c(x)^w p_n(x)^(1 - w), which for isotropic Gaussians is again Gaussian, with precision
+    P = w / v_c + (1 - w) / v_n and mean (w mu_c / v_c + (1 - w) mu_n / v_n) / P, so its score
+    is -P (x - mean): a closed form independent of cfg's linear combination. w = 3 pushes away
+    from the negative class (the mean moves past mu_c, away from mu_n); also for eps-models."""
+    p = diffjax.vp()
+    x = jax.random.normal(key, (6, 2)) * 2
+    t = jnp.linspace(0.05, 0.95, 6)
+
+    def class_score(x_t, t_, y):  # grad_x log N(x; alpha mu_y, v_y I), y [B] in {0, 1}
+        ld = lambda x: jnp.sum(jnp.take_along_axis(_log_class_densities(p, x, t_), y[:, None], 1))
+        return jax.grad(ld)(x_t)
+
+    def eps_model(x_t, t_, y):
+        return diffjax.convert(class_score(x_t, t_, y), "score", "eps", x_t, t_, p)
+
+    pos, neg = jnp.ones((6,), jnp.int32), jnp.zeros((6,), jnp.int32)
+    guided = jax.jit(
+        lambda w: [guidance.cfg(m, pos, neg, w)(x, t) for m in (class_score, eps_model)]
+    )
+    a, s = p.alpha(t)[:, None], p.sigma(t)[:, None]
+    v = a**2 * S[None] ** 2 + s**2  # [B, K]
+    for w in (0.0, 1.0, 3.0, 7.5):
+        prec = w / v[:, 1:] + (1 - w) / v[:, :1]  # [B, 1]
+        mean = (w * a * MU[1][None] / v[:, 1:] + (1 - w) * a * MU[0][None] / v[:, :1]) / prec
+        want = -prec * (x - mean)
+        got, got_eps = guided(w)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got_eps, -s * want, rtol=1e-4, atol=1e-4)
