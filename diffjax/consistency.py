@@ -9,8 +9,9 @@ Sec. 2): EDM's VE form. A consistency function f(x, s) maps every point of a pro
 ODE trajectory to its end at s = sigma_min, with f(x, sigma_min) = x exactly.
 
 Published anchor (the paper's number, not reproduced here): Song et al. 2023 report one-step
-FID 3.55 on CIFAR-10 (their abstract; checked), their best one-step result, from consistency
-distillation with the LPIPS metric (the table row not re-checked here).
+FID 3.55 on CIFAR-10 (their abstract; checked with the search tool, 2026-12-02), their best
+one-step result, from consistency distillation with the LPIPS metric (that the 3.55 row is CD
+with LPIPS is not confirmed against the paper's table here).
 """
 
 from __future__ import annotations
@@ -104,6 +105,79 @@ def target_ema_decay(k: int, total: int, s0: int = 2, s1: int = 150, mu0: float 
     return math.exp(s0 * math.log(mu0) / num_scales(k, total, s0, s1))
 
 
+@dataclasses.dataclass(frozen=True)
+class CTSchedule:
+    """The CT schedules N(k) and mu(k) as functions of a traced step k (Song et al. 2023,
+    Algorithm 3 and App. C; CIFAR-10 CT: s0 = 2, s1 = 150, mu0 = 0.9, K = 800k):
+
+      N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1,  mu(k) = exp(s0 log mu0 / N(k)),
+
+    so N(0) = s0 and N(K) = s1 + 1. N is a step function of k: its change points k_m (the first
+    k with N(k) >= m) are found once on the host from `num_scales` (float64), and under jit
+    N(k) = s0 + #{m : k >= k_m}, so the traced N equals `num_scales(k, K, s0, s1)` exactly for
+    every 0 <= k <= K (a float32 ceil(sqrt(.)) can be one off where the root is an integer);
+    steps past K keep N = s1 + 1. mu(k) is read from a float32 table of mu(N), N = s0..s1 + 1
+    (computed in float64, as `target_ema_decay`).
+    (The released code divides by N(k) - 1 instead of N(k) in mu; this follows the paper.)
+    """
+
+    total_steps: int  # K
+    s0: int = 2
+    s1: int = 150
+    mu0: float = 0.9
+
+    def __post_init__(self):
+        s0, s1, total, mu0 = self.s0, self.s1, self.total_steps, self.mu0
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (s0, s1, total))
+        if not (ints and s0 >= 2 and s1 >= s0 and total >= 1):
+            raise ValueError(
+                "the CT schedule needs integers s0 >= 2 (N(0) = s0 grid levels), s1 >= s0 and "
+                f"total_steps K >= 1; got s0={s0!r}, s1={s1!r}, total_steps={total!r}"
+            )
+        if not (isinstance(mu0, (int, float)) and not isinstance(mu0, bool) and 0 < mu0 < 1):
+            raise ValueError(f"the CT schedule needs an EMA decay 0 < mu0 < 1; got mu0={mu0!r}")
+
+    def change_points(self) -> np.ndarray:
+        """k_m, the first step with N(k) >= m, for m = s0 + 1 .. s1 + 1 (int64 [s1 - s0 + 1])."""
+        args = (self.total_steps, self.s0, self.s1)
+        points = []
+        for m in range(self.s0 + 1, self.s1 + 2):
+            lo, hi = 0, self.total_steps  # N(lo) < m <= N(hi) (N is non-decreasing in k)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if num_scales(mid, *args) >= m else (mid, hi)
+            points.append(hi)
+        return np.asarray(points, np.int64)
+
+    def _index(self, step: ArrayLike) -> Array:
+        points = jnp.asarray(self.change_points(), jnp.int32)
+        return jnp.sum(jnp.asarray(step, jnp.int32) >= points).astype(jnp.int32)
+
+    def num_scales(self, step: ArrayLike) -> Array:
+        """N(step), int32 [] (traceable)."""
+        return self.s0 + self._index(step)
+
+    def ema_decay(self, step: ArrayLike) -> Array:
+        """mu(step) = exp(s0 log mu0 / N(step)), float32 [] (traceable)."""
+        log_mu0 = math.log(self.mu0)
+        table = [math.exp(self.s0 * log_mu0 / m) for m in range(self.s0, self.s1 + 2)]
+        return jnp.asarray(table, jnp.float32)[self._index(step)]
+
+
+def karras_level(i: ArrayLike, n: ArrayLike, sigma_min: float, sigma_max: float,
+                 rho: float = 7.0) -> Array:  # fmt: skip
+    """The i-th of the N ascending Karras levels in closed form, s_i = (s_min^(1/rho) + i / (N -
+    1) (s_max^(1/rho) - s_min^(1/rho)))^rho, i = 0..N-1, for traced i and N (N >= 2: the
+    caller's), float32; `karras_sigmas(N)[i]` without building the grid (Karras et al. 2022,
+    eq. 5), so N may change from step to step under one compiled program."""
+    sigma_min = check_sigma_min(sigma_min)
+    if not sigma_max > sigma_min:
+        raise ValueError(f"need sigma_max > sigma_min = {sigma_min}; got {sigma_max=}")
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    u = jnp.asarray(i, jnp.float32) / (jnp.asarray(n, jnp.float32) - 1.0)
+    return (lo + u * (hi - lo)) ** rho
+
+
 def ema_update(target, online, mu: float):
     """theta^- <- mu theta^- + (1 - mu) stop_gradient(theta) (Song et al. 2023, Alg. 2, 3)."""
     return jax.tree.map(lambda a, b: mu * a + (1.0 - mu) * jax.lax.stop_gradient(b), target, online)
@@ -151,16 +225,31 @@ class ConsistencyModule:
     with their `init(key, x_t, t, cond)` / `apply(variables, x_t, t, cond, train=, rngs=)`);
     it keeps its own time input t. No parameters are added: `init` is the backbone's, so its
     parameter tree (and a checkpoint of it) is the backbone's. Sample with
-    `solver='consistency'`, `prediction='x0'`, `sigma_min` of this module.
+    `solver='consistency'`, `prediction='x0'` and `sampling_options()`. Built from a config by
+    `diffjax.train.spec.build_model` when `config.model.consistency` is set.
     """
 
     backbone: Any
     process: Process
     sigma_min: float
     sigma_data: float = 0.5
+    sigma_max: float | None = None  # the largest trained level; sampling starts at t(sigma_max)
 
     def __post_init__(self):
         check_sigma_min(self.sigma_min)
+        if self.sigma_max is not None and not self.sigma_max > self.sigma_min:
+            raise ValueError(
+                f"sigma_max must exceed sigma_min = {self.sigma_min}; got {self.sigma_max!r}"
+            )
+
+    def sampling_options(self) -> dict[str, float]:
+        """`sample(..., solver='consistency')` options of this model: its `sigma_min`, and
+        `t_max` = t(sigma_max), the largest trained level (without it the sampler starts at
+        t = 1, e.g. sigma = 2.2e4 on the cosine process, far outside the trained range)."""
+        options = {"sigma_min": float(self.sigma_min)}
+        if self.sigma_max is not None:
+            options["t_max"] = float(t_of_sigma(self.process, self.sigma_max))
+        return options
 
     @property
     def dropout(self) -> float:
@@ -225,7 +314,8 @@ def consistency_training(
     CD's Euler step with the unbiased score estimate -(x - x0) / s^2 in place of a teacher.
 
     Args/Returns: as `consistency_distillation` without a teacher; pair with `num_scales` and
-    `target_ema_decay` over training steps.
+    `target_ema_decay` over training steps (in the training layer: `diffjax.losses.
+    consistency.consistency_training(schedule=True)` with `CTSchedule`, in one jitted step).
     References: Song et al. 2023, Algorithm 3 and Theorem 2.
     """
     x0 = check_data(x0)

@@ -8,8 +8,9 @@ v = x_1 - x_0 = z - x everywhere. Liu et al. (noise at t = 0) write the same qua
 X_1 - X_0 with the roles of the ends swapped; the straightness below is invariant under
 t -> 1 - t (both v and the displacement change sign).
 
-Published anchor: Liu et al. 2022 report a 1-step FID of 4.85 on CIFAR-10 for the distilled
-2-rectified flow (Table 1).
+Published anchor (the paper's number, not reproduced here): Liu et al. 2022 report a 1-step
+FID of 4.85 on CIFAR-10 for the distilled 2-rectified flow (their Table 1 as quoted; not
+confirmed against the paper here: only a third-party summary giving 4.85 was found).
 """
 
 from __future__ import annotations

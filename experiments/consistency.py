@@ -4,25 +4,38 @@
 Arguments (`--config=experiments/consistency.py:ARG`):
   (none)          a teacher for CD: the digits U-Net as an eps-model on the cosine process
                   (`simple`); experiments/distill.py's v-model (the default there) serves too.
-  training        CT: loss `consistency_training` (no teacher), N = num_scales Karras levels.
+  training        CT: loss `consistency_training` (no teacher) with the paper's N(k) / mu(k)
+                  schedule (Song et al. 2023, App. C, their CIFAR-10 CT values s0 = 2, s1 =
+                  150, mu0 = 0.9; K = train.num_steps): N(k) = ceil(sqrt(k / K ((s1 + 1)^2 -
+                  s0^2) + s0^2) - 1) + 1 Karras levels at step k (2 -> 151) and the target EMA
+                  decay mu(k) = exp(s0 log mu0 / N(k)) (0.9 -> 0.9986) in place of ema.decay,
+                  inside one compiled train step (`diffjax.consistency.CTSchedule`).
+                  num_scales=N: a fixed grid of N levels and ema.decay instead.
   distill         CD: loss `consistency_distillation` from `--config.teacher.workdir` (any
                   trained digits run, e.g. experiments/distill.py's v-prediction teacher on the
                   cosine process); one Heun (or Euler) teacher step between adjacent levels.
-  solver=heun|euler, num_scales=N (default 18, the paper's CIFAR-10 CD value), quicktest.
+  solver=heun|euler, num_scales=N (CD; default 18, the paper's CIFAR-10 CD value), quicktest.
 The student is the digits U-Net as an x0-model on the cosine process (the teacher's), wrapped
 by `diffjax.consistency.ConsistencyModule` (c_skip/c_out in EDM's sigma space, so f(x,
 sigma_min) = x exactly); the target network is the run's EMA (`ema.decay` = mu = 0.95, no
-warm-up). Sampling: `solver='consistency'`, 1 step from t_max = t(sigma_max) (the largest
-trained level; t = 1 on the cosine process is sigma = 2.2e4) with `sigma_min` = 0.002.
+warm-up; CT with the schedule: mu(k)). Sampling: `solver='consistency'`, 1 step from t_max =
+t(sigma_max) (the largest trained level; t = 1 on the cosine process is sigma = 2.2e4) with
+`sigma_min` = 0.002. No CT run with the schedule has been made (the run below is CD).
 
-The wrapper is not yet reachable from a config name (the training layer builds the backbone
-only; see /work/notes/distill_requests.md), so `train` and `evaluate` below are
-launch/train.py and launch/evaluate.py with the spec's model wrapped. Launch:
+The wrapper is `config.model.consistency` (sigma_min, sigma_max, sigma_data), which the
+training layer builds around the backbone, so the launch programs train, sample and evaluate
+these runs directly:
 
-  python -c "from experiments.consistency import train; train('distill', \\
-      'workdirs/cd', teacher='workdirs/pd_teacher')"
-  python -c "from experiments.consistency import evaluate; \\
-      evaluate('workdirs/cd', 'consistency:1,consistency:2')"
+  python launch/train.py --config=experiments/consistency.py:distill --workdir=workdirs/cd \
+      --config.teacher.workdir=workdirs/pd_teacher
+  python launch/sample.py --workdir=workdirs/cd --solver=consistency --steps=1 --num=64
+  python launch/evaluate.py --workdir=workdirs/cd --solvers=consistency:1,consistency:2 \
+      --num=1000 --noinception
+
+(The run below was made with this file's earlier `train()` / `evaluate()` helpers, which
+wrapped the backbone by hand with the same sigma_min and sigma_data; workdirs written that way
+carry sigma_min in config.loss.kwargs and no config.model.consistency, and load with the same
+wrapper: `diffjax.train.workdir.with_consistency_section`.)
 
 Measured on 2026-12-02, 2 CPU cores shared with 4-8 other jobs (wall-clock pessimistic):
 CD (`distill`, Heun, N = 18, mu = 0.95) from experiments/distill.py's v-prediction teacher
@@ -40,18 +53,20 @@ CD (`distill`, Heun, N = 18, mu = 0.95) from experiments/distill.py's v-predicti
 
 One CD step is about as good as 8 teacher DDIM steps (fd 7.48) and far better than 1-2; a
 second step improves fd slightly (6.50) but not sw; four steps (uniform grid in t) are worse.
+
+Published anchor (the paper's number, not reproduced here): Song et al. 2023 report one-step
+FID 3.55 on CIFAR-10 (their abstract; checked with the search tool, 2026-12-02), from
+consistency distillation with LPIPS (the table row not confirmed against the paper here).
 """
 
 from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
 
 ARGS = ("quicktest", "distill", "training", "solver", "num_scales")
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # Song et al. 2023 (EDM's range)
+CT_SCHEDULE = {"schedule": True, "s0": 2, "s1": 150, "mu0": 0.9}  # Song et al. 2023, App. C
 
 
 def get_config(arg=None):
-    from diffjax import consistency as cm
-    from diffjax.processes import cosine
-
     args = parse_arg(arg)
     check_arg_names(args, ARGS, "experiments/consistency.py")
     solver = args.get("solver", "heun")
@@ -73,15 +88,18 @@ def get_config(arg=None):
     c.prediction = "x0"  # the consistency function is read as the ODE path's x0 end
     c.process.name = "cosine"  # the teacher's process (sigma_max = 80 is at t = 0.992)
     c.process.kwargs = {}
-    grid = {"num_scales": num_scales, "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX}
+    grid = {"num_scales": num_scales}  # sigma_min, sigma_max: from config.model.consistency
     if "distill" in args and "training" in args:
         raise ValueError("choose one of 'distill' (CD) and 'training' (CT); got both")
+    # the backbone F as f = c_skip x + c_out F in EDM's sigma space (Song et al. 2023)
+    c.model.consistency = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "sigma_data": 0.5}
     if "distill" in args:
         c.loss.name = "consistency_distillation"
         c.loss.kwargs = {**grid, "solver": solver}
     elif "training" in args:
         c.loss.name = "consistency_training"
-        c.loss.kwargs = grid
+        # the paper's schedule (CIFAR-10 CT values); total_steps K = train.num_steps, below
+        c.loss.kwargs = grid if "num_scales" in args else dict(CT_SCHEDULE)
     c.optim.learning_rate = 5e-4
     c.optim.warmup_steps = 100
     c.optim.grad_clip = 1.0
@@ -93,14 +111,17 @@ def get_config(arg=None):
     c.sample.solver = "consistency"
     c.sample.steps = 1
     c.sample.num = 100
-    t_max = float(cm.t_of_sigma(cosine(), SIGMA_MAX))
-    c.sample.kwargs = {"sigma_min": SIGMA_MIN, "t_max": t_max, "t_min": 0.0}
+    # sigma_min and t_max = t(sigma_max) (the largest trained level; t = 1 on the cosine
+    # process is sigma = 2.2e4) are filled in from config.model.consistency
+    c.sample.kwargs = {"t_min": 0.0}
     if "distill" not in args and "training" not in args:
         teacher_config(c)
     if "quicktest" in args:
         apply_quicktest(c)
         c.sample.steps = 1 if c.sample.solver == "consistency" else 2
         c.model.kwargs.update(ch=8, num_groups=4)
+    if c.loss.kwargs.get("schedule"):  # K of N(k): the run's length (after quicktest)
+        c.loss.kwargs.total_steps = int(c.train.num_steps)
     return c
 
 
@@ -115,68 +136,5 @@ def teacher_config(c):
     c.sample.solver = "ddim"
     c.sample.steps = 64
     c.sample.kwargs = {"clip_x0": (-1.0, 1.0), "t_min": 0.0}
+    c.model.consistency = {}  # the bare backbone
     return c
-
-
-def wrap_spec(spec):
-    """The spec with its backbone wrapped as a `ConsistencyModule` (sigma_min, sigma_data from
-    the loss options; a missing sigma_min is a ValueError)."""
-    import dataclasses
-
-    from diffjax.consistency import ConsistencyModule
-
-    options = getattr(spec.loss, "keywords", {})
-    if not spec.loss.func.__name__.startswith("consistency_"):
-        raise ValueError(f"wrap_spec is for the consistency losses; this run trains {spec.loss}")
-    sigma_min = options.get("sigma_min", SIGMA_MIN)
-    module = ConsistencyModule(spec.model, spec.process, sigma_min)
-    return dataclasses.replace(spec, model=module)
-
-
-def train(arg, workdir: str, teacher: str | None = None, **overrides):
-    """launch/train.py for `get_config(arg)` with the model wrapped (`wrap_spec`); `teacher`
-    sets config.teacher.workdir; `overrides` set dotted config fields ('train.num_steps')."""
-    from diffjax.train.loop import train_and_evaluate
-
-    config = get_config(arg)
-    if teacher is not None:
-        config.teacher.workdir = teacher
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        setattr(config.get(section) if section else config, field, value)
-    return train_and_evaluate(config, workdir, wrap_spec=wrap_spec)
-
-
-def evaluate(
-    workdir: str, solvers: str = "consistency:1,consistency:2", num: int = 1000, fd: bool = True
-):
-    """launch/evaluate.py (no Inception) on a consistency workdir with the model wrapped;
-    returns the rows and writes `<workdir>/eval_<step>.json`. `fd=False` skips the classifier
-    Fréchet distance (which trains and caches the small classifier once)."""
-    import json
-    import os
-
-    import jax
-
-    from diffjax.train import evaluate as ev
-    from diffjax.train.builders import build_model_components
-    from diffjax.train.workdir import load_trained
-
-    spec, c0, trained = load_trained(workdir, consistency=True)
-    spec = wrap_spec(spec)
-    c = build_model_components(spec)
-    c.value_range = c0.value_range
-    rows = ev.evaluate_solvers(
-        jax.random.PRNGKey(0),
-        spec,
-        c,
-        trained,
-        ev.parse_solvers(solvers),
-        num,
-        False,
-        workdir if fd else None,
-    )
-    print(ev.format_table(rows))
-    with open(os.path.join(workdir, f"eval_{trained.step:07d}.json"), "w") as f:
-        json.dump({"step": int(trained.step), "rows": rows}, f, indent=2)
-    return rows

@@ -217,3 +217,168 @@ def test_consistency_training_from_scratch():
     prior = sw(jax.random.normal(jax.random.PRNGKey(0), (m, 2)))
     print("CT floor", floor, "1-step", sw1, "2-step", sw2, "prior", prior)
     assert sw1 < 3.5 * floor and sw2 < sw1 and sw1 < 0.5 * prior
+
+
+# --- consistency training's N(k) / mu(k) schedule inside one compiled train step ---------------
+
+
+def test_traced_schedule_is_the_papers_n_and_mu():
+    """CTSchedule's traced N(k) equals the float64 formula `num_scales` at every step (N(0) =
+    s0 = 2, N(K) = s1 + 1 = 151, non-decreasing; past K it stays s1 + 1), and mu(k) is
+    exp(s0 log mu0 / N(k)) (Song et al. 2023, App. C) rounded once to float32."""
+    for total, s0, s1 in ((1000, 2, 150), (7, 2, 150), (50, 3, 10), (800_000, 2, 150)):
+        sched = cm.CTSchedule(total, s0, s1, 0.9)
+        ks = np.unique(np.r_[np.arange(0, total + 1, max(1, total // 2000)), total])
+        n = np.asarray(jax.jit(jax.vmap(sched.num_scales))(jnp.asarray(ks)))
+        np.testing.assert_array_equal(n, [cm.num_scales(int(k), total, s0, s1) for k in ks])
+        assert n[0] == s0 and n[-1] == s1 + 1 and np.all(np.diff(n) >= 0)
+        assert int(sched.num_scales(total + 5)) == s1 + 1
+        mu = np.asarray(jax.jit(jax.vmap(sched.ema_decay))(jnp.asarray(ks)))
+        want = [cm.target_ema_decay(int(k), total, s0, s1, 0.9) for k in ks]
+        np.testing.assert_array_equal(mu, np.asarray(want, np.float32))
+    assert float(cm.CTSchedule(10).ema_decay(0)) == np.float32(0.9)  # mu(0) = mu0
+
+
+def test_closed_form_levels_for_a_traced_n():
+    """karras_level(i, N) with N traced equals karras_sigmas(N)[i] (float64) to float32
+    rounding, for several N under one compiled function (a Python counter counts traces).
+    Not bit-exact: the rho = 7 power multiplies the base's rounding by 7 (measured <= 9 ulp,
+    relative error <= 7.2e-7)."""
+    traces = []
+
+    def levels(n):
+        traces.append(1)
+        return cm.karras_level(jnp.arange(151), n, S_MIN, S_MAX)
+
+    fn = jax.jit(levels)
+    for n in (2, 3, 18, 41, 150, 151):
+        got = np.asarray(fn(jnp.int32(n)))[:n]
+        np.testing.assert_allclose(got, cm.karras_sigmas(n, S_MIN, S_MAX), rtol=1.5e-6)
+    assert len(traces) == 1
+
+
+def _ct_models():
+    model = lambda x_t, t: jnp.tanh(x_t) * (1.0 + t[:, None])  # noqa: E731
+    target = lambda x_t, t: jnp.sin(x_t) + 0.1  # noqa: E731
+    return model, target
+
+
+def test_ct_loss_one_program_serves_every_n():
+    """The CT loss with a traced num_scales compiles once for every N and matches the fixed
+    grid's loss (the same draws n: randint with a traced maxval; levels to float32 rounding);
+    schedule=True at step k is the traced loss at N(k)."""
+    from diffjax.losses import consistency as ct
+
+    model, target = _ct_models()
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+    key = jax.random.PRNGKey(1)
+    kw = dict(target_model=target, sigma_min=S_MIN, sigma_max=S_MAX)
+    traces = []
+
+    def traced(n):
+        traces.append(1)
+        return ct.consistency_training(model, key, x0, PROC, num_scales=n, **kw)
+
+    fn = jax.jit(traced)
+    for n in (2, 5, 18, 151):
+        loss, aux = fn(jnp.int32(n))
+        fixed, fixed_aux = ct.consistency_training(model, key, x0, PROC, num_scales=n, **kw)
+        np.testing.assert_allclose(float(loss), float(fixed), rtol=1e-5)
+        np.testing.assert_allclose(aux["t"], fixed_aux["t"], rtol=1e-5)
+    assert len(traces) == 1
+    sched = jax.jit(
+        lambda k: ct.consistency_training(
+            model, key, x0, PROC, schedule=True, total_steps=100, step=k, **kw
+        )
+    )
+    for k in (0, 37, 100):
+        loss, aux = sched(jnp.int32(k))
+        n = cm.num_scales(k, 100)
+        assert int(aux["num_scales"]) == n
+        assert float(loss) == float(fn(jnp.int32(n))[0])
+    with pytest.raises(ValueError, match="step="):
+        ct.consistency_training(model, key, x0, PROC, schedule=True, total_steps=100, **kw)
+
+
+def test_train_step_ema_uses_mu_of_k():
+    """With the schedule on (EmaSpec.schedule, as spec_from_config sets it) the train step
+    passes its step to the loss (N(k) in the metrics) and updates the EMA with mu(k):
+    ema_{k+1} = mu(k) ema_k + (1 - mu(k)) params_{k+1}, checked by hand in float64 against
+    `target_ema_decay` for k = 0, 1 (K = 4: N = 2, 76; mu = 0.9, 0.99723), not ema.decay."""
+    import functools
+
+    from diffjax import parallel
+    from diffjax.losses import consistency as ct
+    from diffjax.train.components import Components, make_loss_fn
+    from diffjax.train.spec import CondSpec, EmaSpec
+    from diffjax.train.state import create_train_state
+    from diffjax.train.step import make_train_step
+
+    total = 4
+    loss = functools.partial(ct.consistency_training, schedule=True, total_steps=total,
+                             sigma_min=S_MIN, sigma_max=S_MAX)  # fmt: skip
+    c = Components(
+        init_params=lambda k: {"w": jnp.asarray([0.3, -0.2]), "b": jnp.asarray([0.1, 0.05])},
+        apply=lambda p, x, t, cond, train, key: jnp.tanh(x * p["w"][None]) + p["b"][None]
+        * t[:, None],
+        process=PROC, loss=loss, loss_kwargs={}, batches=None, data_key="x",
+        example_shape=(2,),
+    )  # fmt: skip
+    tx = optax.sgd(0.5)
+    ema = EmaSpec(decay=0.5, schedule=cm.CTSchedule(total))
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(create_train_state(jax.random.PRNGKey(0), c.init_params, tx), mesh)
+    step = make_train_step(make_loss_fn(c, CondSpec()), tx, ema, mesh)
+    batch = {"x": np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)}
+    ema_k = {k: np.asarray(v, np.float64) for k, v in jax.device_get(state.ema_params).items()}
+    for k in range(2):
+        state, metrics = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+        assert int(metrics["num_scales"]) == cm.num_scales(k, total)
+        mu = cm.target_ema_decay(k, total)
+        params = jax.device_get(state.params)
+        ema_k = {n: mu * ema_k[n] + (1 - mu) * np.asarray(params[n], np.float64) for n in ema_k}
+        for n, value in jax.device_get(state.ema_params).items():
+            np.testing.assert_allclose(value, ema_k[n], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(ema_k["w"], params["w"])  # the EMA lags: mu mattered
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"s0": 1}, "loss.kwargs.s0"),
+        ({"s0": 2.5}, "loss.kwargs.s0"),
+        ({"s1": 1}, "loss.kwargs.s1"),
+        ({"total_steps": 0}, "loss.kwargs.total_steps"),
+        ({"total_steps": None}, "loss.kwargs.total_steps"),
+        ({"mu0": 1.0}, "loss.kwargs.mu0"),
+        ({"mu0": 0.0}, "loss.kwargs.mu0"),
+        ({"schedule": "yes"}, "loss.kwargs.schedule"),
+        ({"num_scales": 18}, "loss.kwargs.num_scales"),
+    ],
+)
+def test_schedule_options_are_checked_at_the_boundary(kwargs, field):
+    import experiments.consistency as exp
+    from diffjax.train.spec import spec_from_config
+
+    c = exp.get_config("training,quicktest")
+    c.loss.kwargs = {**c.loss.kwargs.to_dict(), **kwargs}  # a new dict: no ConfigDict typing
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        spec_from_config(c, example=None)
+
+
+def test_schedule_config_sets_the_ema_schedule():
+    """experiments/consistency.py:training: the paper's s0, s1, mu0 with K = train.num_steps,
+    and the spec's EMA follows mu(k); ema.warmup with the schedule is refused."""
+    import experiments.consistency as exp
+    from diffjax.train.spec import spec_from_config
+
+    c = exp.get_config("training")
+    spec = spec_from_config(c, example=None)
+    assert spec.ema.schedule == cm.CTSchedule(c.train.num_steps, 2, 150, 0.9)
+    fixed = spec_from_config(exp.get_config("training,num_scales=10"), example=None)
+    assert fixed.ema.schedule is None
+    c.ema.warmup = True
+    with pytest.raises(ValueError, match=r"ema\.warmup"):
+        spec_from_config(c, example=None)
+    with pytest.raises(ValueError, match="mu0"):
+        cm.CTSchedule(10, mu0=1.5)

@@ -130,16 +130,27 @@ def test_consistency_module_boundary_condition_and_sigma_min():
     pytest.param("quicktest,training", marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_consistency_quicktest_runs_one_step(teacher, tmp_path, arg):
-    workdir = str(tmp_path / "cd")
-    state = CONSISTENCY.train(arg, workdir, teacher=teacher if "distill" in arg else None)
+    config = CONSISTENCY.get_config(arg)
+    if "distill" in arg:
+        config.teacher.workdir = teacher
+    state = train_and_evaluate(config, str(tmp_path / "cd"))  # launch/train.py's entry point
     assert int(state.step) == 1
-    _one_loss(workdir)
+    _one_loss(str(tmp_path / "cd"))
 
 
 def test_consistency_evaluate_samples_one_and_two_steps(teacher, tmp_path):
+    """launch/evaluate.py's path (load_trained + evaluate_solvers) on a CD workdir: the loaded
+    model is the wrapped one, and the solver options come from config.model.consistency."""
+    from diffjax.train import evaluate as ev
+
     workdir = str(tmp_path / "cd")
-    CONSISTENCY.train("quicktest,distill", workdir, teacher=teacher)
-    rows = CONSISTENCY.evaluate(workdir, "consistency:1,consistency:2", num=16, fd=False)
+    config = CONSISTENCY.get_config("quicktest,distill")
+    config.teacher.workdir = teacher
+    train_and_evaluate(config, workdir)
+    spec, c, trained = load_trained(workdir)
+    assert isinstance(spec.model, cm.ConsistencyModule) and spec.model.sigma_min == 0.002
+    pairs = ev.parse_solvers("consistency:1,consistency:2")
+    rows = ev.evaluate_solvers(jax.random.PRNGKey(0), spec, c, trained, pairs, 16, False)
     assert [(r["solver"], r["steps"]) for r in rows] == [("consistency", 1), ("consistency", 2)]
     for row in rows:
         assert np.isfinite(row["sw_pixels"]) and row["sw_pixels"] > 0
@@ -152,26 +163,86 @@ def test_consistency_arguments():
         CONSISTENCY.get_config("num_scales=1")
     c = CONSISTENCY.get_config("distill,num_scales=40")
     assert c.loss.name == "consistency_distillation" and c.loss.kwargs.num_scales == 40
-    assert c.sample.solver == "consistency" and c.sample.kwargs.sigma_min == 0.002
-    # the sampling start is the largest trained level sigma_max = 80
-    t_max = c.sample.kwargs.t_max
+    assert c.sample.solver == "consistency" and c.model.consistency.sigma_min == 0.002
+    # the spec's sampling start is the largest trained level sigma_max = 80
+    from diffjax.train.spec import ExampleSpec
+
+    c.teacher.workdir = "unused"  # the spec checks that a teacher is named, not its files
+    t_max = spec_from_config(c, ExampleSpec((8, 8, 1))).sample.kwargs["t_max"]
     np.testing.assert_allclose(float(cm.sigma_of_t(processes.cosine(), t_max)), 80.0, rtol=1e-3)
 
 
-def test_launch_paths_refuse_consistency_runs(tmp_path):
-    """launch/train.py (train_and_evaluate) and the read-only loaders behind launch/sample.py
-    and launch/evaluate.py build the bare backbone, not the consistency function, so they
-    refuse a consistency config or workdir with a clear error instead of a silent wrong model;
-    nothing is written."""
-    config = CONSISTENCY.get_config("distill,quicktest")
-    work = tmp_path / "cd"
-    with pytest.raises(ValueError, match="consistency_distillation.*experiments/consistency"):
-        train_and_evaluate(config, str(work))
-    assert not work.exists()
-    work.mkdir()
-    (work / "config.json").write_text(config.to_json_best_effort())
-    info = '{"example_shape": [8, 8, 1], "data_key": "image", "value_range": [-1, 1]}'
-    (work / "run_info.json").write_text(info)
-    with pytest.raises(ValueError, match="holds a consistency model"):
-        load_trained(str(work))
-    assert sorted(os.listdir(work)) == ["config.json", "run_info.json"]
+def test_consistency_config_errors_before_anything_is_built(tmp_path):
+    """A consistency loss without config.model.consistency, a wrapper without (or with a bad)
+    sigma_min, a non-x0 prediction, a loss level contradicting the model's: ValueErrors naming
+    the field, raised before the data are opened (the data_dir does not exist) or anything is
+    written."""
+    cases = [
+        ({"model.consistency": {}}, "config.model.consistency"),
+        ({"model.consistency": {"sigma_data": 0.5}}, "model.consistency.sigma_min"),
+        ({"model.consistency": {"sigma_min": 0.0}}, "model.consistency.sigma_min"),
+        ({"model.consistency": {"sigma_min": 0.1, "sigma_max": 0.05}}, "sigma_max"),
+        ({"model.consistency": {"sigma_min": 0.002, "sigma_mn": 1}}, "sigma_mn"),
+        ({"prediction": "eps"}, "config.prediction"),
+        ({"loss.kwargs": {"sigma_min": 0.01}}, "loss.kwargs.sigma_min"),
+        ({"loss.kwargs": {"num_scales": 1}}, "loss.kwargs.num_scales"),
+        ({"loss.kwargs": {"num_scales": 18.5}}, "loss.kwargs.num_scales"),
+        ({"loss.kwargs": {"rho": 0.0}}, "loss.kwargs.rho"),
+    ]
+    for changes, message in cases:
+        config = CONSISTENCY.get_config("quicktest,training")
+        config.data.name, config.data.data_dir = "mnist_idx", str(tmp_path / "absent")
+        for field, value in changes.items():
+            section, name = field.split(".") if "." in field else (None, field)
+            setattr(config[section] if section else config, name, value)
+        with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+            train_and_evaluate(config, str(tmp_path / "work"))
+        assert not (tmp_path / "work").exists()
+    config = CONSISTENCY.get_config("quicktest,distill")
+    config.loss.kwargs.solver = "rk4"
+    config.teacher.workdir = str(tmp_path / "absent")
+    with pytest.raises(ValueError, match=r"loss\.kwargs\.solver"):
+        spec_from_config(config)
+
+
+def test_consistency_model_from_config_keeps_the_boundary_condition():
+    """The model built from the config (no hand wrapping) is f(x, s) with f(x, sigma_min) = x
+    at the t of sigma_min whatever its random weights, and not the identity elsewhere; the
+    loss and the sampler get the model's sigma_min and sigma_max = s(t_max)."""
+    from diffjax.train.builders import build_model_components
+    from diffjax.train.spec import ExampleSpec
+
+    spec = spec_from_config(CONSISTENCY.get_config("quicktest,training"), ExampleSpec((8, 8, 1)))
+    assert isinstance(spec.model, cm.ConsistencyModule)
+    assert (spec.model.sigma_min, spec.model.sigma_max, spec.model.sigma_data) == (0.002, 80, 0.5)
+    assert spec.loss.keywords["sigma_min"] == 0.002 and spec.loss.keywords["sigma_max"] == 80.0
+    kwargs = spec.sample.kwargs
+    assert spec.sample.solver == "consistency" and kwargs["sigma_min"] == 0.002
+    np.testing.assert_allclose(float(cm.sigma_of_t(spec.process, kwargs["t_max"])), 80.0,
+                               rtol=1e-3)  # fmt: skip
+    c = build_model_components(spec)
+    params = c.init_params(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
+    for s, exact in ((0.002, True), (1.0, False)):
+        t = jnp.full((3,), float(cm.t_of_sigma(spec.process, s)))
+        alpha = spec.process.alpha(t)[:, None, None, None]
+        out = c.apply(params, alpha * x, t, None, train=False, key=None)
+        if exact:
+            np.testing.assert_allclose(np.asarray(out), np.asarray(x), atol=1e-5)
+        else:
+            assert float(jnp.max(jnp.abs(out - x))) > 1e-2
+
+
+def test_workdir_from_before_the_config_field_loads_wrapped():
+    """A consistency config.json without config.model.consistency (written by the earlier
+    hand-wrapping helpers) gets the wrapper it was trained with: the loss's sigma_min."""
+    from diffjax.train.spec import ExampleSpec
+    from diffjax.train.workdir import with_consistency_section
+
+    config = CONSISTENCY.get_config("quicktest,training")
+    del config.model["consistency"]
+    config.loss.kwargs.sigma_min = 0.01
+    spec = spec_from_config(with_consistency_section(config), ExampleSpec((8, 8, 1)))
+    assert isinstance(spec.model, cm.ConsistencyModule) and spec.model.sigma_min == 0.01
+    teacher_config = CONSISTENCY.get_config("quicktest")  # no consistency loss: unchanged
+    assert with_consistency_section(teacher_config).model.consistency.to_dict() == {}

@@ -29,7 +29,15 @@ CASES = [(os.path.basename(f), "quicktest") for f in FILES] + [
     ("toy2d.py", "quicktest,process=rectified_flow"),
     ("digits.py", "quicktest,unconditional"),
     ("mnist.py", "quicktest,dataset=fashion_mnist"),
+    ("consistency.py", "quicktest,training"),  # a target network (the EMA) and the wrapper
 ]
+
+
+# Experiments that are not one diffusion run built from its own config: the autoencoder
+# (config.task='autoencoder') and latent diffusion (needs a trained autoencoder workdir). Their
+# quicktests live in their own test files, which train the autoencoder first.
+OWN_TESTS = {"autoencoder.py": "test_autoencoder_train.py", "ldm.py": "test_ldm.py"}
+DIFFUSION_CASES = [(n, a) for n, a in CASES if n not in OWN_TESTS]
 
 
 def load(name: str):
@@ -58,6 +66,8 @@ def tiny_idx_dir(root: str) -> str:
 
 def test_every_experiment_file_is_covered():
     assert {os.path.basename(f) for f in FILES} <= {name for name, _ in CASES}
+    for own in OWN_TESTS.values():
+        assert os.path.isfile(os.path.join(ROOT, "tests", own))
     assert len(FILES) >= 7
     fashion = load("mnist.py").get_config("quicktest,dataset=fashion_mnist")
     assert fashion.data.name == "fashion_mnist_idx"
@@ -79,17 +89,24 @@ def quicktest_config(name, arg, tmp_path):
     return config, context
 
 
-@pytest.mark.parametrize("name,arg", CASES)
+@pytest.mark.parametrize("name,arg", DIFFUSION_CASES)
 def test_quicktest_builds_and_traces(tmp_path, name, arg):
     # Cheap for every case: build spec and components from the real data path and trace (not
-    # compile) the loss on one batch; the loss must be a float32 scalar.
+    # compile) the loss on one batch as the train step calls it (with the EMA parameters, the
+    # target network of the consistency losses, and the frozen models); a float32 scalar.
     config, context = quicktest_config(name, arg, tmp_path)
     with context:
         spec = spec_from_config(config)
         comps = build_components(spec)
         batch = next(comps.batches(0))
     params = jax.eval_shape(comps.init_params, jax.random.PRNGKey(0))
-    loss, _ = jax.eval_shape(make_loss_fn(comps, spec.cond), params, jax.random.PRNGKey(1), batch)
+
+    def loss_fn(params, ema_params, key, batch):
+        return make_loss_fn(comps, spec.cond)(
+            params, key, batch, ema_params=ema_params, frozen=comps.frozen
+        )
+
+    loss, _ = jax.eval_shape(loss_fn, params, params, jax.random.PRNGKey(1), batch)
     assert loss.shape == () and loss.dtype == jnp.float32
     assert batch[comps.data_key].shape == (8, *comps.example_shape)
 
@@ -105,7 +122,7 @@ DEFAULT_RUNS = {"toy2d.py", "cifar10_ddpm.py", "dit.py"}
         pytest.param(
             n, a, marks=() if (n in DEFAULT_RUNS and a == "quicktest") else pytest.mark.slow
         )
-        for n, a in CASES
+        for n, a in DIFFUSION_CASES
     ],
 )
 def test_quicktest_runs_one_step(tmp_path, name, arg):
@@ -138,16 +155,21 @@ def test_family_members_differ():
 
 @pytest.mark.parametrize(
     "name,arg",
-    [c for c in CASES if c[1] != "quicktest"] + [(os.path.basename(f), None) for f in FILES],
+    [c for c in DIFFUSION_CASES if c[1] != "quicktest"]
+    + [(os.path.basename(f), None) for f in FILES if os.path.basename(f) not in OWN_TESTS],
 )
 def test_sampler_settings_are_accepted(name, arg):
     # quicktest draws no grid, so check here that each config's solver, steps and options are
     # accepted by diffjax.samplers.sample (3 intervals of a constant model on a tiny shape).
     from diffjax.samplers import sample
+    from diffjax.train.learned_variance import sample_options
     from diffjax.train.spec import ExampleSpec
 
     spec = spec_from_config(load(name).get_config(arg), ExampleSpec(shape=(4, 4, 1)))
-    model = lambda x, t: jnp.zeros_like(x)
+    sspec = sample_options(spec, spec.sample)  # what the launchers pass (learned variances)
+    # a learned-variance model outputs [mean, v]: twice the channels
+    width = 2 if sspec.kwargs.get("learned_variance") else 1
+    model = lambda x, t: jnp.zeros(x.shape[:-1] + (width * x.shape[-1],), x.dtype)
     steps = 3 if spec.sample.steps else None
     x = sample(
         jax.random.PRNGKey(0),
@@ -157,6 +179,6 @@ def test_sampler_settings_are_accepted(name, arg):
         solver=spec.sample.solver,
         steps=steps,
         prediction=spec.prediction,
-        **spec.sample.kwargs,
+        **sspec.kwargs,
     )
     assert x.shape == (2, 4, 4, 1)

@@ -110,7 +110,7 @@ def test_target_model_is_the_ema():
     the EMA copy."""
     c = toy_config()
     c.loss.name, c.prediction = "consistency_training", "x0"
-    c.loss.kwargs = {"sigma_max": 10.0}
+    c.model.consistency = {"sigma_min": 0.002, "sigma_max": 10.0}
     spec = spec_from_config(c)
     comps = build_components(spec)
     batch, params = _batch_and_params(spec, comps)
@@ -132,3 +132,131 @@ def test_target_model_is_the_ema():
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_ema))
     with pytest.raises(ValueError, match="ema_params"):
         loss_fn(params, key, batch)
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def test_init_student_starts_at_the_teachers_ema_and_never_on_resume(teacher_dir, tmp_path):
+    """config.teacher.init_student: a fresh run's params and EMA are the teacher's EMA params
+    bit for bit at step 0 (here with a loss that takes no teacher, as reflow's 2-rectified
+    flow); a resumed run starts from its own checkpoint instead."""
+    from diffjax import parallel
+    from diffjax.train.loop import init_or_restore
+    from diffjax.train.optim import make_optimizer
+
+    c = toy_config()
+    c.teacher.workdir, c.teacher.init_student = teacher_dir, True
+    c.optim.warmup_steps = 0  # Adam's first step then moves each weight by the rate exactly
+    spec = spec_from_config(c)
+    comps = build_components(spec)
+    assert "teacher" not in comps.frozen  # 'simple' takes no teacher: only the init
+    _, _, trained = load_trained(teacher_dir)
+    teacher = _leaves(trained.ema_params)
+    mesh, tx = parallel.make_mesh(), make_optimizer(spec.optim)
+    fresh = str(tmp_path / "fresh")
+    state, manager = init_or_restore(spec, comps, fresh, mesh, tx)
+    manager.close()
+    assert int(state.step) == 0
+    for tree in (state.params, state.ema_params):
+        for a, b in zip(_leaves(tree), teacher, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # one training step from there, then resume: the checkpoint's params, not the teacher's
+    student = str(tmp_path / "student")
+    trained_state = train_and_evaluate(c, student)
+    assert int(trained_state.step) == 1
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(_leaves(trained_state.params), teacher, strict=True))  # fmt: skip
+    np.testing.assert_allclose(moved, c.optim.learning_rate, rtol=0.02)  # lr g / |g|, not more
+    resumed, manager = init_or_restore(spec, build_components(spec), student, mesh, tx)
+    manager.close()
+    assert int(resumed.step) == 1
+    for a, b in zip(_leaves(resumed.params), _leaves(trained_state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_init_student_errors(teacher_dir):
+    c = toy_config()
+    c.teacher.init_student = True
+    with pytest.raises(ValueError, match="init_student.*teacher.workdir"):
+        spec_from_config(c)
+    c.teacher.workdir = teacher_dir
+    c.model.kwargs.hidden = 24  # the teacher's MLP has hidden = 16
+    with pytest.raises(ValueError, match="does not match") as err:
+        build_components(spec_from_config(c))
+    assert "kernel" in str(err.value) and "16" in str(err.value) and "24" in str(err.value)
+
+
+def test_loss_options_are_checked_at_the_boundary(tmp_path):
+    """Few-step loss options that would otherwise fail only inside the traced loss: ValueErrors
+    naming the field, before any data are opened (the data_dir does not exist)."""
+    absent = str(tmp_path / "absent")
+
+    def config(loss, kwargs, process="rectified_flow", prediction="velocity"):
+        c = toy_config(f"quicktest,process={process}")
+        c.data.name, c.data.data_dir = "mnist_idx", absent
+        c.loss.name, c.loss.kwargs, c.prediction = loss, kwargs, prediction
+        if loss == "progressive":
+            c.teacher.workdir = absent
+        return c
+
+    cases = [
+        (config("progressive", {"teacher_steps": 3}, "cosine", "v"), "teacher_steps = 3"),
+        (config("progressive", {"teacher_steps": 0}, "cosine", "v"), "teacher_steps = 0"),
+        (config("progressive", {}, "cosine", "v"), "teacher_steps = None"),
+        (config("reflow", {}, "vp"), "config.process.name = 'vp'"),
+        (config("flow_distillation", {}, "cosine"), "config.process.name = 'cosine'"),
+        (config("flow_distillation", {"k": 0}), r"config\.loss\.kwargs\.k = 0"),
+    ]
+    for c, message in cases:
+        with pytest.raises(ValueError, match=message):
+            spec_from_config(c)
+
+
+def _launch(script, *args):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_PLATFORMS="cpu")  # fmt: skip
+    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_consistency_run_through_the_launch_programs(tmp_path):
+    """launch/train.py trains a consistency model named only by config flags, and
+    launch/sample.py --solver=consistency samples it: equal to Algorithm 1 computed here by
+    hand from the bare backbone (f = c_skip x + c_out F(c_in x)), with the model's sigma_min
+    and t_max = t(sigma_max) that the program fills in."""
+    from diffjax import consistency as cm
+    from diffjax.samplers import sample
+
+    work = str(tmp_path / "ct")
+    _launch(
+        "train.py", f"--config={ROOT}/experiments/toy2d.py:quicktest,process=cosine",
+        f"--workdir={work}", "--config.loss.name=consistency_training", "--config.prediction=x0",
+        "--config.model.consistency.sigma_min=0.002", "--config.model.consistency.sigma_max=10.0",
+        "--config.train.num_steps=2",
+    )  # fmt: skip
+    _launch("sample.py", f"--workdir={work}", "--solver=consistency", "--steps=2", "--num=16")
+    got = np.load(os.path.join(work, "samples_consistency_2.npz"))["samples"]
+    spec, comps, trained = load_trained(work)
+    net, proc = spec.model.backbone, spec.process
+
+    def by_hand(x_t, t):
+        alpha = proc.alpha(t)[:, None]
+        x, s = x_t / alpha, (proc.sigma(t) / proc.alpha(t))
+        out = net.apply({"params": trained.ema_params}, cm.c_in(s)[:, None] * x, t, None)
+        return cm.c_skip(s, 0.002)[:, None] * x + cm.c_out(s, 0.002)[:, None] * out
+
+    t_max = float(cm.t_of_sigma(proc, 10.0))
+    want = sample(jax.random.PRNGKey(0), by_hand, proc, (16, 2), solver="consistency", steps=2,
+                  prediction="x0", sigma_min=0.002, t_max=t_max)  # fmt: skip
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-5)
+    # the defaults matter: starting at t = 1 (sigma ~ 2e4 on cosine) gives other samples
+    other = sample(jax.random.PRNGKey(0), by_hand, proc, (16, 2), solver="consistency", steps=2,
+                   prediction="x0", sigma_min=0.002)  # fmt: skip
+    assert float(np.max(np.abs(got - np.asarray(other)))) > 1e-3
