@@ -26,7 +26,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from diffjax.losses.reflow import check_rectified_flow  # noqa: E402
-from diffjax.train import evaluate  # noqa: E402
+from diffjax.train import evaluate, paths  # noqa: E402
 from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
 from diffjax.train.workdir import load_trained  # noqa: E402
 
@@ -46,6 +46,27 @@ _REFERENCE = flags.DEFINE_string(
     "reference_data", None, "compare samples with this data source (e.g. 'digits') instead of "
     "the run's own (a reflow run's own data are its teacher's pairs)"
 )  # fmt: skip
+_VARIANCE_NUM = flags.DEFINE_integer(
+    "variance_bpd_num", 0, "data examples for the exact discrete bound in bits/dim of a "
+    "learned-variance model with learned, small and large variances on its mean (0: skip)"
+)  # fmt: skip
+_VARIANCE_STEPS = flags.DEFINE_integer(
+    "variance_steps", 0, "ddpm steps for --num samples with each variance (learned, small, "
+    "large) of a learned-variance model, compared like --solvers rows (0: skip)"
+)  # fmt: skip
+# prompt adherence of a caption run (issue 10; _adherence_report below)
+_ADHERENCE = flags.DEFINE_integer(
+    "adherence_num", 0, "samples per row of the prompt-adherence report of a caption run "
+    "(guidance scales, text zeroed, negative prompts, FD; diffjax/train/adherence.py; 0: skip)"
+)  # fmt: skip
+_ADH_SCALES = flags.DEFINE_string("adherence_scales", "1,2,4", "comma-separated CFG scales")
+_ADH_CACHE = flags.DEFINE_string(
+    "adherence_cache", None, "folder of the cached adherence classifier (default: the workdir)"
+)
+_ADH_STEPS = flags.DEFINE_integer("adherence_steps", None, "solver steps (default: the run's)")
+_ADH_DATA_DIR = flags.DEFINE_string(
+    "adherence_data_dir", None, "the real items' folder (default: the run's data_dir)"
+)
 _SEED = flags.DEFINE_integer("seed", 0, "evaluation seed")
 _INCEPTION = flags.DEFINE_bool(
     "inception", True, "FID/KID/precision/recall on FID-Inception features (slow on CPU)"
@@ -53,10 +74,36 @@ _INCEPTION = flags.DEFINE_bool(
 flags.mark_flag_as_required("workdir")
 
 
+def _adherence_report():
+    """Prompt adherence of a caption run (`diffjax.train.adherence.adherence_report`): prints the
+    tables and writes `<out>/adherence_<step>.json` (out: --adherence_cache or the workdir)."""
+    from diffjax.train import adherence
+
+    try:
+        scales = [float(s) for s in _ADH_SCALES.value.split(",") if s.strip()]
+    except ValueError as err:
+        raise app.UsageError(f"--adherence_scales={_ADH_SCALES.value!r}: {err}") from err
+    if not scales:
+        raise app.UsageError("--adherence_scales needs at least one scale")
+    report = adherence.adherence_report(
+        _WORKDIR.value, scales=scales, num=_ADHERENCE.value, cache_dir=_ADH_CACHE.value,
+        data_dir=_ADH_DATA_DIR.value, steps=_ADH_STEPS.value, seed=_SEED.value,
+    )  # fmt: skip
+    print(adherence.format_report(report))
+    out = _ADH_CACHE.value or _WORKDIR.value
+    path = os.path.join(out, f"adherence_{report['step']:07d}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(path)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_orbax_logging()
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/diffjax-jax"))
+    if _ADHERENCE.value > 0:
+        return _adherence_report()
     pairs = evaluate.parse_solvers(_SOLVERS.value)
     spec, c, state = load_trained(_WORKDIR.value)
     if _STRAIGHT.value:  # before any sampling: a non-flow run fails fast
@@ -85,13 +132,28 @@ def main(argv):
         result["straightness"] = evaluate.straightness_metrics(
             jax.random.fold_in(bpd_key, 2), spec, c, state, _STRAIGHT.value, _STRAIGHT_STEPS.value
         )
-    for name in ("likelihood", "elbo", "straightness"):
+    _variance_report(result, jax.random.fold_in(bpd_key, 3), spec, c, state)
+    for name in ("likelihood", "elbo", "straightness", "variance_bpd", "variance_rows"):
         if name in result:
             print(f"{name}:", json.dumps(result[name]))
     path = os.path.join(_WORKDIR.value, f"eval_{result['step']:07d}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    paths.write_json(path, result)  # any filesystem of the workdir
     print(path)
+
+
+def _variance_report(result: dict, key, spec, c, state) -> None:
+    """--variance_bpd_num / --variance_steps: learned vs fixed variances of one trained mean."""
+    from diffjax.train import learned_variance
+
+    if _VARIANCE_NUM.value > 0:
+        result["variance_bpd"] = learned_variance.variance_bits_per_dim(
+            key, spec, c, state, _VARIANCE_NUM.value
+        )
+    if _VARIANCE_STEPS.value > 0:
+        result["variance_rows"] = learned_variance.variance_sample_quality(
+            jax.random.fold_in(key, 1), spec, c, state, _VARIANCE_STEPS.value, _NUM.value,
+            _WORKDIR.value,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ class Components:
     value_range: tuple[float, float] = (-1.0, 1.0)
     reference: Any = None  # optional array of data examples for plots and metrics
     frozen: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # params a fresh run starts from (params and EMA) instead of init_params: the teacher's EMA
+    # params with config.teacher.init_student; never used when resuming from a checkpoint
+    start_params: PyTree | None = None
+    # (frozen, key, batch) -> (batch, frozen, cond or None), run first inside the loss (under
+    # jit): latent diffusion encodes the images with the frozen autoencoder (which it takes out
+    # of `frozen`), a text run drops captions to the null caption; a cond it returns replaces
+    # the labels (diffjax.train.latent.make_prepare)
+    prepare: Callable | None = None
+    # replaces diffjax.train.sampling.make_sampler for the run's grids (same arguments), e.g.
+    # a latent run's sampler, which decodes its latents
+    make_sampler: Callable | None = None
 
 
 def drop_labels(key: Array, labels: Array, cond: CondSpec) -> Array:
@@ -65,7 +76,7 @@ def drop_labels(key: Array, labels: Array, cond: CondSpec) -> Array:
 
 
 # Arguments of a loss that the loss function below fills itself: never from a batch field.
-_STANDARD = ("model", "key", "x0", "process", "cond", "t", "teacher", "target_model")
+_STANDARD = ("model", "key", "x0", "process", "cond", "t", "teacher", "target_model", "step")
 
 
 def loss_parameters(loss: Callable) -> dict[str, inspect.Parameter]:
@@ -83,22 +94,31 @@ def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
         for `reflow` and `flow_distillation`);
       - `frozen` (default `c.frozen`), e.g. teacher=, as traced pytrees;
       - target_model= when it takes one: the model at `ema_params` under stop_gradient (the
-        consistency models' EMA target network, Song et al. 2023, so config.ema.decay is mu).
+        consistency models' EMA target network, Song et al. 2023, so config.ema.decay is mu,
+        or mu(k) with `EmaSpec.schedule`);
+      - step= (the train state's step, traced; 0 when loss_fn is called without it) when it
+        takes one, e.g. consistency training's N(k) schedule; any other loss never sees it
+        (its trace is unchanged).
     """
     params_of_loss = loss_parameters(c.loss)
     wants_target = "target_model" in params_of_loss
+    wants_step = "step" in params_of_loss
     passthrough = set(params_of_loss) - set(_STANDARD)
 
-    def loss_fn(params, key, batch, *, ema_params=None, frozen=None):
+    def loss_fn(params, key, batch, *, ema_params=None, frozen=None, step=None):
         label_key, dropout_key, loss_key = jax.random.split(key, 3)
-        labels = None
-        if cond.class_conditional:
+        frozen = c.frozen if frozen is None else frozen
+        prepared = None
+        if c.prepare is not None:  # its key is new, so the other streams stay as they were
+            batch, frozen, prepared = c.prepare(frozen, jax.random.fold_in(label_key, 1), batch)
+        labels = prepared
+        if cond.class_conditional and prepared is None:
             labels = drop_labels(label_key, jnp.asarray(batch["label"], jnp.int32), cond)
 
         def model(x_t, t, cond=None):
             return c.apply(params, x_t, t, cond, train=True, key=dropout_key)
 
-        kwargs = {**c.loss_kwargs, **(c.frozen if frozen is None else frozen)}
+        kwargs = {**c.loss_kwargs, **frozen}
         for name in sorted(passthrough & (set(batch) - {c.data_key, "label"})):
             kwargs.setdefault(name, batch[name])
         if wants_target:
@@ -110,6 +130,8 @@ def make_loss_fn(c: Components, cond: CondSpec) -> Callable:
                 return c.apply(target_params, x_t, t, cond, train=False, key=None)
 
             kwargs["target_model"] = target_model
+        if wants_step:  # a call outside the train step (no step=) reads as step 0
+            kwargs["step"] = jnp.zeros((), jnp.int32) if step is None else step
         return c.loss(model, loss_key, batch[c.data_key], c.process, cond=labels, **kwargs)
 
     return loss_fn

@@ -14,6 +14,7 @@ from ml_collections.config_dict import placeholder
 def default_config() -> ml_collections.ConfigDict:
     """A complete config with every field present, so `--config.x.y=v` overrides type-check."""
     c = ml_collections.ConfigDict()
+    c.task = "diffusion"  # what the run trains: 'diffusion', 'autoencoder' or 'classifier'
     c.seed = 0  # one seed: init, per-step keys (fold_in(step_key, step)), sample grids
     c.prediction = "eps"  # what the model outputs: 'eps', 'x0', 'v', 'score' or 'velocity'
 
@@ -33,6 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"  # a key of diffjax.models.MODELS ('unet', 'dit', 'mlp', presets)
     c.model.kwargs = ml_collections.ConfigDict()  # constructor arguments of that model
+    # Empty: the bare backbone. Set (sigma_min required, sigma_max, sigma_data): the backbone
+    # wrapped as a consistency function f = c_skip x + c_out F (diffjax.consistency), x0-model.
+    c.model.consistency = ml_collections.ConfigDict()
 
     c.process = ml_collections.ConfigDict()
     c.process.name = "discrete"  # a name for diffjax.processes.get_process
@@ -60,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     # `teacher` parameter only). None: no teacher.
     c.teacher = ml_collections.ConfigDict()
     c.teacher.workdir = placeholder(str)  # the teacher's training workdir ('~' ok)
+    c.teacher.init_student = False  # start a fresh run's params and EMA at the teacher's EMA
 
     c.cond = ml_collections.ConfigDict()
     c.cond.class_conditional = False  # feed labels to the model
@@ -82,6 +87,39 @@ def default_config() -> ml_collections.ConfigDict:
     # Solver options (eta, t_min, clip_x0, ...: diffjax.samplers.SOLVERS[solver].options);
     # launch/train.py accepts new keys here, e.g. --config.sample.kwargs.eta=0.5.
     c.sample.kwargs = ml_collections.ConfigDict()
+
+    # A cascade's super-resolution stage (diffjax.cascade.SRConfig; experiments/cascade.py):
+    # with low_res set, the model is conditioned on up(z_s), the low-res image augmented at a
+    # level s ~ U[aug_min, aug_max] per example, with s as a second time. None: a plain run.
+    c.cascade = ml_collections.ConfigDict()
+    c.cascade.low_res = placeholder(int)  # low-resolution side (None: not an SR stage)
+    c.cascade.aug_min = 0.0  # training augmentation levels s ~ U[aug_min, aug_max]
+    c.cascade.aug_max = 0.5
+    c.cascade.downsample = "bilinear"  # x_lr = down(x0): 'bilinear' (antialiased) or 'area'
+    c.cascade.upsample = "bilinear"  # up(z_s): 'bilinear', 'nearest' or 'bicubic'
+
+    # Latent diffusion (diffjax.train.latent): train on scale_factor * z, z ~ q(z | x), of the
+    # frozen autoencoder of a task='autoencoder' run (for that task itself, experiments/
+    # autoencoder.py adds its training fields here; diffjax.train.autoencoder).
+    c.autoencoder = ml_collections.ConfigDict()
+    c.autoencoder.workdir = placeholder(str)  # the autoencoder run's workdir (None: pixels)
+    c.autoencoder.scale_factor = placeholder(float)  # None: the one stored in that workdir
+    # its checkpoint step (None: the newest when this run first starts; recorded in
+    # latent_info.json and used on resume and by the samplers)
+    c.autoencoder.step = placeholder(int)
+    c.autoencoder.cache = False  # encode the training set once (posterior moments in memory)
+
+    # Caption conditioning (diffjax.train.latent): captions=None trains without text; 'pairs'
+    # composes two items of the data source with captions naming both in order, tokenised
+    # word-level (unknown words -> <unk>), encoded by a TextEncoder trained with the denoiser.
+    c.text = ml_collections.ConfigDict()
+    c.text.captions = placeholder(str)  # None or 'pairs' (diffjax.data.captions.PairCaptions)
+    c.text.layout = "wide"  # 'wide' (H x 2W canvas) or 'square' (both items in H x W)
+    c.text.width = 64  # text encoder width (= the denoiser's context_dim)
+    c.text.depth = 2  # transformer blocks
+    c.text.num_heads = 4  # attention heads
+    c.text.context_length = placeholder(int)  # token length L (None: the longest caption's)
+    c.text.caption_dropout = 0.1  # probability of the null caption during training (CFG)
     return c
 
 

@@ -19,8 +19,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffjax.train.builders import build_batches
+from diffjax.data import make_iterator
+from diffjax.train import learned_variance
 from diffjax.train.sampling import make_sampler
+from diffjax.train.spec import consistency_sampling
 
 
 def parse_solvers(text: str) -> list[tuple[str, int]]:
@@ -39,7 +41,12 @@ def parse_solvers(text: str) -> list[tuple[str, int]]:
 def data_examples(spec, num: int, with_labels: bool = False):
     """`num` training examples (in the model's range) from the spec's data source, and their
     labels [num] (or None when the source has none) with `with_labels`."""
-    batches, out, labels, have = build_batches(spec, prefetch=0), [], [], 0
+    # the global stream on every host (as one process reads it), not this host's slice: the
+    # statistics compare the gathered global sample set with the same data everywhere
+    batches = make_iterator(
+        dataclasses.replace(spec.data, prefetch=0), process_index=0, process_count=1
+    )
+    out, labels, have = [], [], 0
     key = batches.info.get("key", "image")
     while have < num:
         batch = next(batches)
@@ -152,6 +159,8 @@ def evaluate_solvers(
             num=num,
             kwargs=spec.sample.kwargs if solver == spec.sample.solver else {},
         )
+        sspec = consistency_sampling(sspec, spec.model)  # a consistency model's sigma range
+        sspec = learned_variance.sample_options(spec, sspec)  # [mean | v] models: the mean
         sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
         t0 = time.time()
         samples = np.asarray(sampler(state.ema_params, jax.random.fold_in(key, i)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,15 +15,26 @@ from absl import logging
 from tqdm import tqdm
 
 from diffjax import parallel
-from diffjax.train import checkpoint
+from diffjax.train import checkpoint, paths
 from diffjax.train.components import Components, make_loss_fn
+from diffjax.train.lock import lock_workdir
 from diffjax.train.optim import make_optimizer
 from diffjax.train.sampling import make_sampler, write_samples
 from diffjax.train.spec import TrainSpec, spec_from_config
 from diffjax.train.state import TrainState, abstract_train_state, create_train_state, param_count
 from diffjax.train.step import make_train_step
-from diffjax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, write_run_info
+from diffjax.train.workdir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    write_run_info,
+    write_workdir_json,
+)
 from diffjax.train.writers import MetricWriter, read_metrics, save_loss_curve
+
+
+def checkpoint_dir(workdir) -> str:
+    """`<workdir>/checkpoints` through the path layer (a 'gs://...' string stays one)."""
+    return os.fspath(paths.workdir_path(workdir) / CHECKPOINT_DIR)
 
 
 def run_keys(seed: int) -> dict[str, jax.Array]:
@@ -31,24 +43,42 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
     return {"init": init_key, "step": step_key, "sample": sample_key}
 
 
-def init_or_restore(spec: TrainSpec, c: Components, workdir: str, mesh, tx):
-    """(state replicated over mesh, checkpoint manager): the latest good checkpoint or step 0."""
-    manager = checkpoint.make_manager(
-        os.path.join(workdir, CHECKPOINT_DIR), spec.loop.keep_checkpoints
-    )
+def init_or_restore(
+    spec: TrainSpec, c: Components, workdir: str, mesh, tx, *, allow_fresh_start: bool = False
+):
+    """(state replicated over mesh, checkpoint manager): the latest good checkpoint or step 0
+    (when every checkpoint is unreadable: an error, or step 0 if `allow_fresh_start`)."""
+    manager = checkpoint.make_manager(checkpoint_dir(workdir), spec.loop.keep_checkpoints)
     key = run_keys(spec.seed)["init"]
     abstract = abstract_train_state(key, c.init_params, tx)
-    state, step = checkpoint.restore_latest(manager, abstract, parallel.replicated(mesh))
+    state, step = checkpoint.restore_latest(
+        manager, abstract, parallel.replicated(mesh), allow_fresh_start=allow_fresh_start
+    )
     if state is None:
         # jitted: an eager Flax init runs op by op and takes many seconds for a U-Net on CPU
+        t0 = time.time()
         init = jax.jit(
             create_train_state, static_argnums=(1, 2), out_shardings=parallel.replicated(mesh)
         )
-        state = init(key, c.init_params, tx)
+        state = jax.block_until_ready(init(key, c.init_params, tx))
+        logging.info("start-up: train state initialised (one jitted init) in %.1f s",
+                     time.time() - t0)  # fmt: skip
+        if c.start_params is not None:  # config.teacher.init_student: fresh runs only
+            state = _start_at(c.start_params, tx, parallel.replicated(mesh))
+            logging.info("starting params and EMA at the teacher's EMA params")
         logging.info("no checkpoint in %s: starting from step 0", manager.directory)
     else:
         logging.info("resuming from step %d", step)
     return state, manager
+
+
+def _start_at(params, tx, sharding) -> TrainState:
+    """A step-0 state with params = EMA = `params` (copies) and their fresh optimiser state."""
+
+    def fresh(p):
+        return create_train_state(None, lambda _: p, tx)
+
+    return jax.jit(fresh, out_shardings=sharding)(params)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -81,17 +111,27 @@ class _Run:
         """Sample from the EMA params with key fold_in(sample_key, step) and write the grid;
         a class-conditional grid has one column per class."""
         key = jax.random.fold_in(self.keys["sample"], done)
-        samples = np.asarray(self.sampler(state.ema_params, key))
+        samples = np.asarray(self.sampler(state.ema_params, key))  # every host takes part
         cond = self.spec.cond
-        path = os.path.join(self.workdir, f"samples_{done:07d}.png")
-        write_samples(path, samples, self.c, cond.num_classes if cond.class_conditional else None)
-        logging.info("wrote samples to %s", path)
+        path = paths.workdir_path(self.workdir) / f"samples_{done:07d}.png"
+        if parallel.is_primary():
+            cols = cond.num_classes if cond.class_conditional else None
+            write_samples(path, samples, self.c, cols)
+            logging.info("wrote samples to %s", path)
 
     def after_step(self, state: TrainState, done: int) -> None:
         loop = self.spec.loop
-        if done % loop.log_every == 0 or done == loop.num_steps:
+        log_due = done % loop.log_every == 0 or done == loop.num_steps
+        save_due = done % loop.checkpoint_every == 0 or done == loop.num_steps
+        if log_due or save_due:  # a NaN/inf loss or parameter stops the run before any save
+            try:
+                checkpoint.require_finite(state, self.history, done)
+            except checkpoint.NonFiniteError:
+                self.manager.wait_until_finished()  # seals the last good checkpoint
+                raise
+        if log_due:
             self.log(done)
-        if done % loop.checkpoint_every == 0 or done == loop.num_steps:
+        if save_due:
             checkpoint.save(self.manager, done, state, self.config_json)
         if self.sampler and loop.sample_every and done % loop.sample_every == 0:
             if done < loop.num_steps:  # the final grid is drawn by finish()
@@ -104,41 +144,95 @@ class _Run:
         self.writer.close()
         if self.sampler is not None:
             self.grid(state, int(jax.device_get(state.step)))
-        curve = os.path.join(self.workdir, "loss.png")
-        if save_loss_curve(curve, read_metrics(self.writer.path)):
+        curve = paths.workdir_path(self.workdir) / "loss.png"
+        if parallel.is_primary() and save_loss_curve(curve, read_metrics(self.writer.path)):
             logging.info("wrote loss curve to %s", curve)
 
 
 def run_training(
-    spec: TrainSpec, c: Components, workdir: str, config_json: dict | None = None, mesh=None
+    spec: TrainSpec,
+    c: Components,
+    workdir: str,
+    config_json: dict | None = None,
+    mesh=None,
+    *,
+    allow_fresh_start: bool = False,
+    lock: bool = True,
 ) -> TrainState:
-    """Train to `spec.loop.num_steps`, resuming from the latest checkpoint in `workdir`.
+    """`_run_training` (below) holding the workdir's lock (`lock`; train_and_evaluate holds it
+    already), and closing on every exit path (return, exception, KeyboardInterrupt, SIGTERM)
+    what the run opened: the data prefetch thread, the metric and TensorBoard writers, orbax's
+    manager (waiting for its asynchronous writes), the SIGTERM handler, the lock.
+
+    Raises:
+      parallel.Preempted: a SIGTERM (pre-emption notice) arrived; the step reached was saved.
+      lock.WorkdirLockedError: another live training process uses `workdir`.
+    """
+    with contextlib.ExitStack() as stack:
+        if lock:
+            stack.enter_context(lock_workdir(workdir))
+        return _run_training(
+            spec, c, workdir, config_json, mesh, allow_fresh_start=allow_fresh_start, stack=stack
+        )
+
+
+def _save_preempted(run: _Run, state: TrainState, done: int) -> None:
+    """On a pre-emption notice: save step `done` unless `after_step` just did, wait for the
+    write to finish, and stop with `parallel.Preempted`."""
+    loop = run.spec.loop
+    if not (done % loop.checkpoint_every == 0 or done == loop.num_steps):
+        checkpoint.require_finite(state, run.history, done)
+        checkpoint.save(run.manager, done, state, run.config_json)
+    run.manager.wait_until_finished()
+    logging.warning("pre-emption notice (SIGTERM): saved step %d and stopping", done)
+    raise parallel.Preempted(done)
+
+
+def _run_training(
+    spec: TrainSpec,
+    c: Components,
+    workdir: str,
+    config_json: dict | None = None,
+    mesh=None,
+    *,
+    allow_fresh_start: bool = False,
+    stack: contextlib.ExitStack,
+) -> TrainState:
+    """Train to `spec.loop.num_steps`, resuming from the latest checkpoint in `workdir`
+    (`allow_fresh_start`: from step 0 when every checkpoint there is unreadable).
 
     `c.batches` is a callable start_step -> iterator of global numpy batches, so that a resumed
     run sees the batches an uninterrupted run would have seen at the same steps.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
-    os.makedirs(workdir, exist_ok=True)
+    if parallel.is_primary():
+        paths.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(spec.optim)
-    state, manager = init_or_restore(spec, c, workdir, mesh, tx)
+    state, manager = init_or_restore(
+        spec, c, workdir, mesh, tx, allow_fresh_start=allow_fresh_start
+    )
+    stack.callback(manager.close)  # waits for unfinished asynchronous writes
     start = int(jax.device_get(state.step))
     logging.info("model parameters: %d; devices: %d", param_count(state.params), mesh.size)
     step_fn = make_train_step(make_loss_fn(c, spec.cond), tx, spec.ema, mesh, c.frozen)
     sampler = None
     if spec.sample.num > 0:
-        sampler = make_sampler(c, spec.sample, spec.cond, spec.prediction, spec.sample.num)
+        factory = c.make_sampler or make_sampler  # a latent run's sampler decodes
+        sampler = factory(c, spec.sample, spec.cond, spec.prediction, spec.sample.num)
     run = _Run(
         spec,
         c,
         workdir,
         manager,
-        MetricWriter(workdir),
+        stack.enter_context(MetricWriter(workdir, resume_step=start)),  # drops rows > start
         sampler,
         run_keys(spec.seed),
         config_json or {},
     )
     batches, t0 = c.batches(start), time.time()
+    stack.callback(getattr(batches, "close", lambda: None))  # stops a prefetch thread
+    preemption = stack.enter_context(parallel.PreemptionWatch())
     steps = range(start, spec.loop.num_steps)
     bar = tqdm(
         steps,
@@ -153,11 +247,11 @@ def run_training(
         run.history.append(metrics)
         if step == start:
             jax.block_until_ready(state.step)
-            logging.info("first step (compile included) took %.1f s", time.time() - t0)
+            logging.info("start-up: first step (compile included) took %.1f s", time.time() - t0)
             run.t_log = time.time()
         run.after_step(state, step + 1)
-    if hasattr(batches, "close"):
-        batches.close()  # stops a prefetch thread
+        if preemption.reached(step + 1):
+            _save_preempted(run, state, step + 1)
     run.finish(state)
     return state
 
@@ -167,32 +261,77 @@ def config_to_json(config: Any) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def train_and_evaluate(config: Any, workdir: str, *, wrap_spec=None) -> TrainState:
+def train_and_evaluate(
+    config: Any,
+    workdir: str,
+    *,
+    wrap_spec=None,
+    allow_config_change: tuple[str, ...] = (),
+    allow_fresh_start: bool = False,
+) -> TrainState:
     """Build everything from the experiment `config` (a ConfigDict) and train in `workdir`.
+
+    A resumed run's config must equal the one stored with its checkpoints outside
+    `checkpoint.RESUMABLE_FIELDS` (num_steps, logging, sampling, data_dir) and the dotted
+    fields `allow_config_change` (e.g. ('optim.learning_rate',)): else ConfigMismatchError,
+    raised before data loading or compilation, with the workdir unchanged. config.json is
+    written only after that check and the build. `allow_fresh_start`: see `run_training`.
 
     The one library entry point of launch/train.py: the ConfigDict ends here; below this line
     only the typed `TrainSpec` and the built `Components` are seen. `wrap_spec` (spec -> spec)
-    may replace the built model, e.g. experiments/consistency.py's consistency wrapper.
+    may replace the built spec (a hook for experiments; config.model.consistency already
+    wraps a consistency model's backbone).
     """
     from diffjax.train.builders import build_components
-    from diffjax.train.workdir import CONSISTENCY_LOSSES
+    from diffjax.train.spec import TASKS
 
-    if str(config.loss.name) in CONSISTENCY_LOSSES and wrap_spec is None:
-        # the loss needs the consistency function f = c_skip x + c_out F, which only
-        # experiments/consistency.py's train() wraps around the backbone so far
-        raise ValueError(
-            f"loss {config.loss.name!r} trains a consistency model: run it with "
-            "experiments/consistency.py's train(), not launch/train.py"
-        )
+    task = str(config.get("task", "diffusion"))
+    if task not in TASKS:
+        raise ValueError(f"config.task = {task!r}: expected one of {TASKS}")
+    if task != "diffusion":
+        return _train_other_task(task, config, workdir)
+
+    paths.check_filesystem(workdir)  # a missing gs:// client: one clear error, before work
     spec = spec_from_config(config)
+    if spec.latent is not None:  # the frozen autoencoder's checkpoint, fixed for the run
+        from diffjax.train.latent import pin_autoencoder_step
+
+        spec = pin_autoencoder_step(spec, workdir)
     if wrap_spec is not None:
         spec = wrap_spec(spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
-    os.makedirs(workdir, exist_ok=True)
     config_json = config_to_json(config)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump(config_json, f, indent=2)
+    checkpoint.check_resume_config(checkpoint_dir(workdir), config_json, allow_config_change)
+    t0 = time.time()
     components = build_components(spec)
-    write_run_info(workdir, components)
-    return run_training(spec, components, workdir, config_json, mesh)
+    logging.info("start-up: data and model built in %.1f s", time.time() - t0)
+    with lock_workdir(workdir):  # before the first write: a second run changes nothing
+        write_workdir_json(workdir, CONFIG_FILE, config_json)  # primary process only
+        write_run_info(workdir, components)
+        if spec.latent is not None or spec.text is not None:  # autoencoder, scale, tokenizer
+            from diffjax.train.latent import write_latent_info
+
+            write_latent_info(workdir, spec)
+        return run_training(
+            spec,
+            components,
+            workdir,
+            config_json,
+            mesh,
+            allow_fresh_start=allow_fresh_start,
+            lock=False,
+        )
+
+
+def _train_other_task(task: str, config: Any, workdir: str):
+    """The entry points of the runs that train a model other runs use (see spec.TASKS)."""
+    if task == "classifier":  # a noisy classifier for guidance (Dhariwal & Nichol 2021)
+        from diffjax.train.noisy_classifier import train_noisy_classifier
+
+        return train_noisy_classifier(config, workdir)
+    if task == "autoencoder":  # the first stage of latent diffusion (Rombach et al. 2022)
+        from diffjax.train.autoencoder import train_autoencoder
+
+        return train_autoencoder(config, workdir)
+    raise NotImplementedError(f"config.task = {task!r} is not implemented yet")

@@ -21,8 +21,11 @@ OPTIMIZERS = ("adam", "adamw")
 # Top-level fields of the experiment ConfigDict (see diffjax/train/config.py).
 CONFIG_FIELDS = (
     "seed", "prediction", "data", "model", "process", "loss", "optim", "ema", "cond", "train",
-    "sample", "teacher",
+    "sample", "teacher", "task", "cascade", "autoencoder", "text",
 )  # fmt: skip
+# What a run trains (config.task): a denoiser/flow (the loop below), or a model that other runs
+# use: a KL autoencoder (latent diffusion), a noise-conditional classifier (guidance).
+TASKS = ("diffusion", "autoencoder", "classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,10 @@ class EmaSpec:
     # If True, decay_n = min(decay, (1 + n) / (10 + n)) (the warm-up of tf.train.
     # ExponentialMovingAverage's num_updates), so short runs are not dominated by the init.
     warmup: bool = False
+    # Never set in a config: a `diffjax.consistency.CTSchedule` that `spec_from_config` sets when
+    # config.loss.kwargs.schedule is on (consistency training), so that the EMA, which is the
+    # CT target network, uses mu(k) = exp(s0 log mu0 / N(k)) instead of `decay`.
+    schedule: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,25 @@ class TeacherSpec:
     """A trained run whose EMA model is given to the loss as `teacher=` (distillation)."""
 
     workdir: str | None = None  # its training workdir; None: no teacher
+    # Start the student's params and EMA at the teacher's EMA params (a fresh run only, never
+    # on resume), as Liu et al. 2022 (reflow) and Salimans & Ho 2022 (each round) do.
+    init_student: bool = False
+
+
+# Losses that train a consistency function (they need config.model.consistency).
+CONSISTENCY_LOSSES = ("consistency_distillation", "consistency_training")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySpec:
+    """config.model.consistency: the backbone F wrapped as the consistency function
+    f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, t) in EDM's sigma space s = sigma_t / alpha_t
+    (`diffjax.consistency.ConsistencyModule`; Song et al. 2023, eq. 5 and App. C), an x0-model
+    with f(x, sigma_min) = x exactly. Empty (the default): the bare backbone."""
+
+    sigma_min: float | None = None  # the boundary level, required (0.002 in Song et al.)
+    sigma_max: float = 80.0  # the largest level: the loss's Karras grid and the sampling start
+    sigma_data: float = 0.5  # the data's standard deviation in c_skip, c_out, c_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +142,9 @@ class TrainSpec:
     loop: LoopSpec
     sample: SampleSpec
     teacher: TeacherSpec = dataclasses.field(default_factory=TeacherSpec)
+    cascade: Any = None  # a diffjax.cascade.SRConfig when the run is an SR stage, else None
+    latent: Any = None  # a diffjax.train.latent.LatentSpec (latent diffusion), else None
+    text: Any = None  # a diffjax.train.latent.TextSpec (caption conditioning), else None
 
 
 def _as_dict(section) -> dict[str, Any]:
@@ -239,10 +268,11 @@ def check_teacher(name: str, loss: Callable, teacher: TeacherSpec) -> None:
             f"config.loss.kwargs sets {given}: the training layer fills these (config.teacher."
             "workdir gives the teacher; the target network is the run's own EMA)"
         )
-    if teacher.workdir is not None and "teacher" not in params:
+    if teacher.workdir is not None and "teacher" not in params and not teacher.init_student:
         raise ValueError(
             f"config.teacher.workdir = {teacher.workdir!r} but loss {name!r} takes no teacher; "
-            "unset it, or use a distillation loss (e.g. 'progressive')"
+            "unset it, use a distillation loss (e.g. 'progressive'), or set "
+            "config.teacher.init_student = True to start from its params only"
         )
     needs = "teacher" in params and params["teacher"].default is inspect.Parameter.empty
     if needs and teacher.workdir is None:
@@ -250,6 +280,155 @@ def check_teacher(name: str, loss: Callable, teacher: TeacherSpec) -> None:
             f"loss {name!r} needs a teacher: set config.teacher.workdir to the trained "
             "teacher's workdir; got None"
         )
+    if teacher.init_student and teacher.workdir is None:
+        raise ValueError(
+            "config.teacher.init_student = True starts the student at a teacher's EMA params: "
+            "set config.teacher.workdir to that run's workdir; got None"
+        )
+
+
+def _loss_option(loss: Callable, name: str):
+    """A loss option: bound in the partial, else the function's default (None if it has none)."""
+    bound = getattr(loss, "keywords", {})
+    if name in bound:
+        return bound[name]
+    param = inspect.signature(getattr(loss, "func", loss)).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def consistency_spec(section, loss_name: str, prediction: str) -> ConsistencySpec | None:
+    """config.model.consistency, validated: None when empty (the bare backbone).
+
+    A consistency loss needs it, with sigma_min > 0; the wrapped model is an x0-model."""
+    given = _as_dict(section)
+    if not given:
+        if loss_name in CONSISTENCY_LOSSES:
+            raise ValueError(
+                f"loss {loss_name!r} trains a consistency model: set config.model.consistency."
+                "sigma_min (Song et al. 2023 use 0.002) so that the backbone F is wrapped as "
+                "f = c_skip x + c_out F with f(x, sigma_min) = x; got no config.model.consistency"
+            )
+        return None
+    spec = _section(ConsistencySpec, given, "model.consistency")
+    s_min = spec.sigma_min
+    ok = isinstance(s_min, (int, float)) and not isinstance(s_min, bool) and s_min > 0
+    _check(ok, "model.consistency.sigma_min", s_min, "the boundary noise level > 0 (f(x, "
+           "sigma_min) = x exactly; Song et al. 2023 use 0.002)")  # fmt: skip
+    for name, low in (("sigma_max", s_min), ("sigma_data", 0.0)):
+        value = getattr(spec, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > low
+        _check(ok, f"model.consistency.{name}", value, f"a number > {low}")
+    _check(prediction == "x0", "prediction", prediction, "'x0' with config.model.consistency "
+           "(a consistency function is read as the x0 end of its ODE path)")  # fmt: skip
+    return ConsistencySpec(float(s_min), float(spec.sigma_max), float(spec.sigma_data))
+
+
+def consistency_sampling(sample: SampleSpec, model) -> SampleSpec:
+    """`sample` with the consistency solver's options of a `ConsistencyModule` (its sigma_min
+    and t_max = t(sigma_max)) filled in where not set; any other solver or model: unchanged."""
+    options = getattr(model, "sampling_options", None)
+    if sample.solver != "consistency" or options is None:
+        return sample
+    kwargs = dict(sample.kwargs)
+    for name, value in options().items():
+        if not (name == "t_max" and "ts" in kwargs):  # an explicit grid sets its own start
+            kwargs.setdefault(name, value)
+    return dataclasses.replace(sample, kwargs=kwargs)
+
+
+def check_loss_options(
+    name: str, loss: Callable, process, consistency: ConsistencySpec | None, process_name: str
+) -> Callable:
+    """The few-step losses' options that would otherwise fail only inside the traced loss,
+    checked by name before any data or compile; a consistency loss gets the model's sigma_min
+    and sigma_max (config.model.consistency is their one source). Returns the loss."""
+    from diffjax.losses.distill import check_teacher_steps
+    from diffjax.losses.reflow import check_rectified_flow
+
+    if name == "progressive":
+        steps = _loss_option(loss, "teacher_steps")
+        try:
+            check_teacher_steps(steps)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"config.loss.kwargs.teacher_steps = {steps!r}: expected an even integer >= 2 "
+                "(progressive distillation halves the teacher's step count)"
+            ) from None
+    if name in ("reflow", "flow_distillation"):
+        try:
+            check_rectified_flow(process, name)
+        except ValueError as err:
+            raise ValueError(f"config.process.name = {process_name!r}: {err}") from None
+    if name == "flow_distillation":
+        k = _loss_option(loss, "k")
+        _check(_is_int(k) and k >= 1, "loss.kwargs.k", k, "an integer >= 1 (Euler steps)")
+    if name not in CONSISTENCY_LOSSES:
+        return loss
+    bound = getattr(loss, "keywords", {})
+    for field in ("sigma_min", "sigma_max"):
+        value = getattr(consistency, field)
+        if field in bound and bound[field] != value:
+            raise ValueError(
+                f"config.loss.kwargs.{field} = {bound[field]!r} contradicts config.model."
+                f"consistency.{field} = {value!r}; set it only in config.model.consistency"
+            )
+    loss = functools.partial(loss, sigma_min=consistency.sigma_min, sigma_max=consistency.sigma_max)
+    n, rho = _loss_option(loss, "num_scales"), _loss_option(loss, "rho")
+    _check(_is_int(n) and n >= 2, "loss.kwargs.num_scales", n, "an integer N >= 2 (Karras grid "
+           "levels; Song et al. 2023 use N = 18 for CD on CIFAR-10)")  # fmt: skip
+    ok = isinstance(rho, (int, float)) and not isinstance(rho, bool) and rho > 0
+    _check(ok, "loss.kwargs.rho", rho, "a grid exponent > 0 (7 in Karras et al. 2022)")
+    if name == "consistency_distillation":
+        solver = _loss_option(loss, "solver")
+        _check(solver in ("euler", "heun"), "loss.kwargs.solver", solver, "'euler' or 'heun'")
+    if name == "consistency_training":
+        _check_ct_schedule(loss)
+    return loss
+
+
+def _check_ct_schedule(loss: Callable) -> None:
+    """config.loss.kwargs of consistency training's N(k) / mu(k) schedule (Song et al. 2023,
+    App. C), when schedule is on: integers s0 >= 2 (N(0) = s0 levels), s1 >= s0, total_steps
+    K >= 1, and 0 < mu0 < 1; num_scales then must not be set (N(k) replaces it)."""
+    schedule = _loss_option(loss, "schedule")
+    _check(isinstance(schedule, bool), "loss.kwargs.schedule", schedule, "True or False")
+    if not schedule:
+        return
+    s0, s1 = _loss_option(loss, "s0"), _loss_option(loss, "s1")
+    total, mu0 = _loss_option(loss, "total_steps"), _loss_option(loss, "mu0")
+    _check(_is_int(s0) and s0 >= 2, "loss.kwargs.s0", s0, "an integer >= 2 (N(0) = s0 grid "
+           "levels; Song et al. 2023 use 2)")  # fmt: skip
+    _check(_is_int(s1) and s1 >= s0, "loss.kwargs.s1", s1, f"an integer >= s0 = {s0} (N(K) = "
+           "s1 + 1; Song et al. 2023 use 150)")  # fmt: skip
+    _check(_is_int(total) and total >= 1, "loss.kwargs.total_steps", total, "an integer K >= 1 "
+           "(the step at which N reaches s1 + 1, e.g. train.num_steps)")  # fmt: skip
+    ok = isinstance(mu0, (int, float)) and not isinstance(mu0, bool) and 0 < mu0 < 1
+    _check(ok, "loss.kwargs.mu0", mu0, "an EMA decay 0 < mu0 < 1 (Song et al. 2023 use 0.9)")
+    if "num_scales" in getattr(loss, "keywords", {}):
+        raise ValueError(
+            f"config.loss.kwargs.num_scales = {loss.keywords['num_scales']!r} contradicts "
+            "config.loss.kwargs.schedule = True (N(k) sets the number of levels); drop one"
+        )
+
+
+def consistency_ema(ema: EmaSpec, loss: Callable, loss_name: str) -> EmaSpec:
+    """`ema` with `schedule` set to the `diffjax.consistency.CTSchedule` of consistency
+    training's config.loss.kwargs when its schedule is on (the run's EMA is the CT target
+    network, so its decay becomes mu(k)); otherwise `ema` unchanged."""
+    _check(ema.schedule is None, "ema.schedule", ema.schedule, "unset (it is set from "
+           "config.loss.kwargs.schedule of consistency_training)")  # fmt: skip
+    if loss_name != "consistency_training" or not _loss_option(loss, "schedule"):
+        return ema
+    _check(not ema.warmup, "ema.warmup", ema.warmup, "False with the consistency training "
+           "schedule (its mu(k) is the EMA decay)")  # fmt: skip
+    from diffjax.consistency import CTSchedule
+
+    names = ("total_steps", "s0", "s1", "mu0")
+    return dataclasses.replace(ema, schedule=CTSchedule(*(_loss_option(loss, n) for n in names)))
 
 
 def data_config(section, batch_size: int, seed: int):
@@ -278,10 +457,27 @@ def probe_example(data) -> ExampleSpec:
     return ExampleSpec(shape=tuple(batches.info["shape"]), key=batches.info.get("key", "image"))
 
 
-def build_model(name: str, options: dict[str, Any], example: ExampleSpec, cond: CondSpec):
+def build_model(
+    name: str,
+    options: dict[str, Any],
+    example: ExampleSpec,
+    cond: CondSpec,
+    consistency: ConsistencySpec | None = None,
+    process=None,
+):
     """`diffjax.models.get_model(name, **options)`, with `in_channels` (from an image example)
-    and `num_classes` (from the conditioning) filled in unless the options set them."""
+    and `num_classes` (from the conditioning) filled in unless the options set them; with
+    `consistency`, that backbone wrapped as `diffjax.consistency.ConsistencyModule` on
+    `process` (same parameter tree, f(x, sigma_min) = x exactly)."""
     from diffjax.models import MODEL_CLASSES, get_model
+
+    if consistency is not None:
+        from diffjax.consistency import ConsistencyModule
+
+        net = build_model(name, options, example, cond)
+        return ConsistencyModule(
+            net, process, consistency.sigma_min, consistency.sigma_data, consistency.sigma_max
+        )
 
     options = dict(options)
     cls = MODEL_CLASSES.get(name.split("_")[0])
@@ -291,6 +487,30 @@ def build_model(name: str, options: dict[str, Any], example: ExampleSpec, cond: 
     if "num_classes" in fields:
         options.setdefault("num_classes", cond.num_classes if cond.class_conditional else None)
     return get_model(name, **options)
+
+
+def cascade_spec(section, example: ExampleSpec, cond: CondSpec, sample: SampleSpec, model: tuple):
+    """The `diffjax.cascade.SRConfig` of config.cascade (None unless `low_res` is set), checked
+    against the examples, the conditioning, the grids and the (name, options) of the model."""
+    from diffjax.cascade import SRConfig
+
+    fields = _as_dict(section)
+    if fields.get("low_res") is None:
+        return None
+    sr = _section(SRConfig, fields, "cascade")
+    sr.check(tuple(example.shape))
+    name, options = model
+    _check(name.split("_")[0] == "unet", "model.name", name, "a U-Net ('unet...') for an SR stage")
+    channels = example.shape[-1]
+    for field, value in (("concat_channels", channels), ("aug_time", True)):
+        given = options.get(field, value)
+        _check(given == value, f"model.kwargs.{field}", given, f"{value!r} for an SR stage")
+    _check(not cond.class_conditional, "cond.class_conditional", True, "False for an SR stage")
+    _check(
+        sample.num == 0, "sample.num", sample.num,
+        "0 for an SR stage (its samples need low-res inputs: use launch/sample.py --sr_workdir)",
+    )  # fmt: skip
+    return sr
 
 
 def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
@@ -305,6 +525,10 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
     """
     from diffjax.processes import get_process
 
+    if str(config.get("task", "diffusion")) == "classifier":  # its own boundary
+        from diffjax.train.noisy_classifier import classifier_spec_from_config
+
+        return classifier_spec_from_config(config, example)
     unknown = sorted(set(_as_dict(config)) - set(CONFIG_FIELDS))
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; known: {list(CONFIG_FIELDS)}")
@@ -321,7 +545,9 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
     loss = build_loss(str(config.loss.name), loss_options, prediction)
     teacher = _section(TeacherSpec, config.get("teacher", {}), "teacher")
     if teacher.workdir is not None:
-        teacher = TeacherSpec(workdir=os.path.expanduser(str(teacher.workdir)))
+        teacher = dataclasses.replace(teacher, workdir=os.path.expanduser(str(teacher.workdir)))
+    _check(isinstance(teacher.init_student, bool), "teacher.init_student", teacher.init_student,
+           "True or False")  # fmt: skip
     check_teacher(str(config.loss.name), loss, teacher)
     process_options = _options(config.process.get("kwargs"), "process.kwargs")
     try:
@@ -331,16 +557,38 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
             f"config.process.kwargs = {process_options!r} do not fit process "
             f"{config.process.name!r}: {err}"
         ) from err
+    consistency = consistency_spec(
+        config.model.get("consistency"), str(config.loss.name), prediction
+    )
+    loss = check_loss_options(
+        str(config.loss.name), loss, process, consistency, str(config.process.name)
+    )
+    ema = consistency_ema(ema, loss, str(config.loss.name))
     seed, batch_size = int(config.seed), int(config.data.batch_size)
     data = data_config(config.data, batch_size, seed)
-    example = probe_example(data) if example is None else example
+    from diffjax.train import latent as latent_lib  # the autoencoder and text sections
+
+    latent = latent_lib.latent_spec_from_config(config.get("autoencoder"))
+    text = latent_lib.text_spec_from_config(config.get("text"), str(config.data.name))
+    if example is None:  # the denoiser's example: composed (text) and encoded (latent)
+        example = latent_lib.denoiser_example(probe_example(data), latent, text)
     model_options = _options(config.model.get("kwargs"), "model.kwargs")
+    model_options = latent_lib.model_options(model_options, example, text, cond)
+    model_key = (str(config.model.name), model_options)
+    cascade = cascade_spec(config.get("cascade"), example, cond, sample, model_key)
+    if cascade is not None:  # an SR stage: low-res condition concatenated, level as 2nd time
+        from diffjax.cascade import sr_loss
+
+        model_options = {"concat_channels": example.shape[-1], "aug_time": True, **model_options}
+        loss = functools.partial(sr_loss, loss=loss, sr=cascade)
+    model = build_model(str(config.model.name), model_options, example, cond, consistency, process)
+    model = latent_lib.wrap_text(model, text)
     return TrainSpec(
         seed=seed,
         batch_size=batch_size,
         prediction=prediction,
         process=process,
-        model=build_model(str(config.model.name), model_options, example, cond),
+        model=model,
         loss=loss,
         data=data,
         example=example,
@@ -348,6 +596,9 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
         ema=ema,
         cond=cond,
         loop=loop,
-        sample=sample,
+        sample=consistency_sampling(sample, model),
         teacher=teacher,
+        cascade=cascade,
+        latent=latent,
+        text=text,
     )

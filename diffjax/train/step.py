@@ -6,6 +6,7 @@ batch mean inside the loss is the global mean, so gradients need no explicit all
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -33,6 +34,20 @@ def _scalar_metrics(aux: dict) -> dict[str, Array]:
     }
 
 
+def _takes_step(loss_fn: Callable) -> bool:
+    try:
+        return "step" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass nothing new
+        return False
+
+
+def _ema_decay(ema: EmaSpec, step: Array) -> Array:
+    """`ema_decay`, or mu(step) of consistency training's schedule when `ema.schedule` is set
+    (`diffjax.consistency.CTSchedule.ema_decay`: the EMA is the CT target network)."""
+    schedule = getattr(ema, "schedule", None)
+    return ema_decay(ema, step) if schedule is None else schedule.ema_decay(step)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -46,14 +61,19 @@ def train_step(
     """One optimiser step with key fold_in(base_key, step); returns (new state, metrics).
 
     The loss also gets the EMA parameters (a consistency loss's target network) and `frozen`
-    (untrained models such as a distillation teacher, traced)."""
+    (untrained models such as a distillation teacher, traced), and step= (traced) when
+    `loss_fn` takes it (`make_loss_fn`'s passes it on only to a loss with a `step` parameter).
+    With `ema.schedule` (consistency training's N(k) schedule) the EMA decay is its mu(step)."""
     key = jax.random.fold_in(base_key, state.step)
+    kwargs = {"ema_params": state.ema_params, "frozen": frozen}
+    if _takes_step(loss_fn):
+        kwargs["step"] = state.step
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, key, batch, ema_params=state.ema_params, frozen=frozen
+        state.params, key, batch, **kwargs
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = ema_update(state.ema_params, params, ema_decay(ema, state.step))
+    ema_params = ema_update(state.ema_params, params, _ema_decay(ema, state.step))
     metrics = {**_scalar_metrics(aux), "loss": loss, "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(
         params=params, ema_params=ema_params, opt_state=opt_state, step=state.step + 1
