@@ -41,6 +41,20 @@ Real run (2026-12-02, 2 CPU cores shared with other jobs; load average 15-21 dur
   start-up 2.2 s, first step with compile 14.6 s, 1.5-3.0 steps/s): loss 0.103 at step 500,
   0.079 at step 1000; samples_0001000.png shows isolated digit-like glyphs (some recognisable,
   e.g. 1s and 7s, many not) on mostly black canvases; prompt adherence was not measured here.
+  Resumed again on an idle machine (load about 2; the Quickstart ran beside it for 3.5 min) with
+  --config.train.num_steps=4000 --config.train.log_every=100 --config.train.checkpoint_every=500
+  (the other flags as above): 711 s wall for steps 1000 -> 4000 (3.1-4.7 steps/s); loss 0.063
+  at step 4000; samples_0004000.png shows digit pairs, some readable. Prompt adherence then
+  (59.7 s wall, the classifier cached by diffjax/train/adherence.py's run):
+    python launch/evaluate.py --workdir=workdirs/ldm_pairs_mnist --adherence_num=64 \
+        --adherence_scales=1,3 --adherence_cache=workdirs/adherence_mnist --adherence_steps=20
+  64 random captions per row, DDIM 20 steps (chance: both 0.010, one position 0.100):
+    scale 1: both-in-order 0.062, left 0.297, right 0.203;  scale 3: 0.062, 0.234, 0.234;
+    text encoder output zeroed, scale 3: 0.000, 0.094, 0.062.
+  Negative prompt at scale 3, frequency of the named digit among 128 halves, null caption vs
+  the negative prompt: "zero then zero" 0.047 -> 0.016, "one then one" 0.062 -> 0.008, "two
+  then two" 0.141 -> 0.039. Above chance with text and at chance without, but far from the
+  real-composition ceiling (0.978): the model needs much longer training.
 """
 
 import ml_collections
