@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -294,3 +295,11 @@ def counting_model():
         return 0.5 * x
 
     return model, calls
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """MNIST's IDX format: 0, 0, type 0x08 (uint8), rank, big-endian int32 dims, raw data."""
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())

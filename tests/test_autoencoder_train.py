@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import struct
 
 import jax
 import numpy as np
@@ -22,6 +21,7 @@ from diffjax.train.autoencoder import (
 )
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.writers import read_metrics
+from tests.helpers import write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,13 +33,6 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def write_idx(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
 
 
 def synthetic_idx(root: str, n: int = 32, side: int = 8, seed: int = 0) -> str:

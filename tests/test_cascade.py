@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import struct
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from diffjax import cascade, losses
 from diffjax.data import imageops
 from diffjax.models.unet import UNet
 from diffjax.train.spec import ExampleSpec, spec_from_config
+from tests.helpers import write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "cascade.py")
@@ -243,14 +243,6 @@ def test_experiment_arguments():
 
 
 # --- the launch path -----------------------------------------------------------------------
-
-
-def write_idx(path: str, array: np.ndarray) -> None:
-    """MNIST's IDX format: 0, 0, type 0x08 (uint8), rank, big-endian int32 dims, raw data."""
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
 
 
 def launch(script, *args, timeout=600):

@@ -7,7 +7,6 @@ import contextlib
 import glob
 import importlib.util
 import os
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from diffjax.train.components import make_loss_fn
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.spec import spec_from_config
 from diffjax.train.writers import read_metrics
+from tests.helpers import write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -47,14 +47,6 @@ def load(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def write_idx(path: str, array: np.ndarray) -> None:
-    """MNIST's IDX format: 0, 0, type 0x08 (uint8), rank, big-endian int32 dims, raw data."""
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
 
 
 def tiny_idx_dir(root: str) -> str:

@@ -404,7 +404,7 @@ def train_autoencoder(config, workdir: str, mesh=None) -> TrainState:
             values["steps_per_sec"] = len(history) / max(time.time() - t_log, 1e-9)
             writer.write(done, values)
             history, t_log = [], time.time()
-        if done % loop.checkpoint_every == 0 or done == loop.num_steps:
+        if loop.saves_at(done):
             checkpoint.save(manager, done, state, config_json)
     if hasattr(batches, "close"):
         batches.close()

@@ -122,7 +122,7 @@ class _Run:
     def after_step(self, state: TrainState, done: int) -> None:
         loop = self.spec.loop
         log_due = done % loop.log_every == 0 or done == loop.num_steps
-        save_due = done % loop.checkpoint_every == 0 or done == loop.num_steps
+        save_due = loop.saves_at(done)
         if log_due or save_due:  # a NaN/inf loss or parameter stops the run before any save
             try:
                 checkpoint.require_finite(state, self.history, done)
@@ -180,7 +180,7 @@ def _save_preempted(run: _Run, state: TrainState, done: int) -> None:
     """On a pre-emption notice: save step `done` unless `after_step` just did, wait for the
     write to finish, and stop with `parallel.Preempted`."""
     loop = run.spec.loop
-    if not (done % loop.checkpoint_every == 0 or done == loop.num_steps):
+    if not loop.saves_at(done):
         checkpoint.require_finite(state, run.history, done)
         checkpoint.save(run.manager, done, state, run.config_json)
     run.manager.wait_until_finished()

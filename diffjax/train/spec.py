@@ -77,6 +77,10 @@ class LoopSpec:
     sample_every: int = 0  # 0: only at the end
     progress_bar: bool = True
 
+    def saves_at(self, done: int) -> bool:
+        """Whether a checkpoint is written after `done` steps (each period, and the last)."""
+        return done % self.checkpoint_every == 0 or done == self.num_steps
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
