@@ -7,6 +7,15 @@
 Prints one table row per (model, batch size): parameters, devices, time to the first step
 (trace + compile + run), steady-state steps/s and examples/s (median over timed steps).
 Data are random arrays (throughput does not depend on the values); the loss is L_simple.
+
+  python benchmarks/train.py --options --models unet_tiny --batch_sizes 32 --rounds 5
+
+instead times the train-step options side by side on one model and batch size: the plain
+step, steps_per_call=4 (lax.scan over 4 steps per call), grad_accum=2, remat and bfloat16
+compute. Each is compiled first; then every round times `--steps` optimiser steps of each
+option in turn (interleaved, so a change in the machine's load hits all of them alike), and
+the table gives the median examples/s over the rounds, the min-max spread and the ratio to the
+plain step, with the load average (`os.getloadavg`) before and after.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from diffjax.parallel import set_cpu_device_count  # noqa: E402
 set_cpu_device_count()
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffjax import parallel  # noqa: E402
@@ -46,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_sizes", default="32,64", help="comma-separated global batch sizes")
     p.add_argument("--steps", type=int, default=10, help="timed steps after the first")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
+    p.add_argument("--options", action="store_true", help="time the train-step options")
+    p.add_argument("--rounds", type=int, default=5, help="--options: interleaved rounds")
     return p.parse_args(argv)
 
 
@@ -57,12 +69,12 @@ def _kwargs(text: str) -> dict:
     return out
 
 
-def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
-    """Time the first step and `steps` further steps of one model at one batch size."""
+def _components(name, kwargs, shape) -> Components:
+    """The model `name` (eps prediction, no labels) with L_simple on the VP process."""
     kwargs = {"learn_sigma": False, **kwargs} if name.startswith("dit") else kwargs  # eps only
     net = get_model(name, in_channels=shape[-1], num_classes=None, **kwargs)
     x = np.zeros((1, *shape), np.float32)
-    c = Components(
+    return Components(
         init_params=lambda k: net.init(k, x, np.full((1,), 0.5, np.float32))["params"],
         apply=make_apply(net),
         process=get_process("vp"),
@@ -72,6 +84,11 @@ def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
         data_key="image",
         example_shape=shape,
     )
+
+
+def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
+    """Time the first step and `steps` further steps of one model at one batch size."""
+    c = _components(name, kwargs, shape)
     tx = make_optimizer(OptimSpec(learning_rate=1e-4))
     state = parallel.replicate(create_train_state(jax.random.PRNGKey(0), c.init_params, tx), mesh)
     step = make_train_step(make_loss_fn(c, CondSpec()), tx, EmaSpec(), mesh)
@@ -88,12 +105,73 @@ def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
     )
 
 
+# option name -> (model kwargs, make_train_step kwargs)
+OPTIONS = {
+    "plain": ({}, {}),
+    "steps_per_call=4": ({}, {"steps_per_call": 4}),
+    "grad_accum=2": ({}, {"grad_accum": 2}),
+    "remat": ({"remat": True}, {}),
+    "bfloat16": ({"dtype": jnp.bfloat16}, {}),
+}
+
+
+def bench_options(name, kwargs, shape, batch, steps, rounds, mesh) -> dict:
+    """{option: [examples/s of each round]} of the OPTIONS on one model and batch size, each
+    compiled first and then timed for `steps` optimiser steps per round, round-robin."""
+    tx = make_optimizer(OptimSpec(learning_rate=1e-4))
+    data = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
+    sharded, key = parallel.shard_batch({"image": data}, mesh), jax.random.PRNGKey(1)
+    runs = {}
+    for option, (model_kw, step_kw) in OPTIONS.items():
+        c = _components(name, {**kwargs, **model_kw}, shape)
+        state = create_train_state(jax.random.PRNGKey(0), c.init_params, tx)
+        fn = make_train_step(make_loss_fn(c, CondSpec()), tx, EmaSpec(), mesh, **step_kw)
+        k = step_kw.get("steps_per_call", 1)
+        arg = sharded if k == 1 else (sharded,) * k
+        t0 = time.perf_counter()
+        state, metrics = fn(parallel.replicate(state, mesh), arg, key)
+        jax.block_until_ready(metrics["loss"])
+        runs[option] = dict(fn=fn, arg=arg, k=k, state=state, first=time.perf_counter() - t0)
+        print(f"  compiled {option} in {runs[option]['first']:.1f} s", flush=True)
+    out = {option: {"first": r["first"], "eps": []} for option, r in runs.items()}
+    for _ in range(rounds):
+        for option, r in runs.items():
+            calls = max(steps // r["k"], 1)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                r["state"], metrics = r["fn"](r["state"], r["arg"], key)
+            jax.block_until_ready(metrics["loss"])
+            out[option]["eps"].append(calls * r["k"] * batch / (time.perf_counter() - t0))
+    return out
+
+
+def main_options(args, mesh, shape) -> None:
+    name, batch = args.models.split(",")[0], int(args.batch_sizes.split(",")[0])
+    load0 = os.getloadavg()
+    r = bench_options(name, _kwargs(args.model_kwargs), shape, batch, args.steps, args.rounds, mesh)
+    load1 = os.getloadavg()
+    base = float(np.median(r["plain"]["eps"]))
+    print(f"{name}, batch {batch}, {args.steps} steps x {args.rounds} interleaved rounds")
+    print(f"{'option':<20}{'first step s':>14}{'ex/s median':>13}{'min-max':>17}{'ratio':>8}")
+    for option, v in r.items():
+        eps = np.asarray(v["eps"])
+        spread = f"{eps.min():.0f}-{eps.max():.0f}"
+        print(
+            f"{option:<20}{v['first']:>14.2f}{np.median(eps):>13.0f}{spread:>17}"
+            f"{np.median(eps) / base:>8.2f}"
+        )
+    print(f"load average (1, 5, 15 min): before {load0}, after {load1}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     devices = jax.devices()[: args.devices or None]
     mesh = parallel.make_mesh(devices)
     shape = (args.image_size, args.image_size, args.channels)
     print(f"device: {devices[0].device_kind} x {len(devices)}; image {shape}")
+    if args.options:
+        main_options(args, mesh, shape)
+        return
     print(f"{'model':<20}{'batch':>7}{'params':>12}{'first step s':>14}{'steps/s':>10}{'ex/s':>10}")
     for name in args.models.split(","):
         for batch in map(int, args.batch_sizes.split(",")):

@@ -139,7 +139,14 @@ BAD_FIELDS = [
     ("sample.steps", -2, "config.sample.steps = -2"),
     ("cond.label_dropout", 1.0, "config.cond.label_dropout = 1.0"),
     ("loss.name", "l2", "unknown loss 'l2'"),
-]
+    ("train.grad_accum", 0, "config.train.grad_accum = 0"),
+    ("train.grad_accum", 3, "config.data.batch_size = 128: expected a multiple of config.train."
+     "grad_accum = 3"),
+    ("train.steps_per_call", 0, "config.train.steps_per_call = 0"),
+    ("train.compute_dtype", "float16", "config.train.compute_dtype = 'float16'"),
+    ("train.nonfinite", "ignore", "config.train.nonfinite = 'ignore'"),
+    ("train.max_skipped", -1, "config.train.max_skipped = -1"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("field,value,message", BAD_FIELDS)

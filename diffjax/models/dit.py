@@ -100,6 +100,9 @@ class DiT(nn.Module):
     conditioned on c = t_emb + y_emb -> adaLN final layer with a zero-initialised linear ->
     unpatchify. A freshly initialised DiT outputs exactly zero.
 
+    `remat` rematerialises each DiTBlock in the backward pass (`nn.remat`): the same outputs,
+    gradients and parameter tree, less activation memory, more compute.
+
     References:
       Peebles & Xie 2023, "Scalable Diffusion Models with Transformers", sec. 3 and Table 1.
     """
@@ -119,6 +122,7 @@ class DiT(nn.Module):
     time_scale: float = 1000.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def __post_init__(self):
         if self.patch_size < 1 or self.depth < 1:
@@ -162,8 +166,9 @@ class DiT(nn.Module):
             pooled = pool_context(context.astype(jnp.float32))  # [B, C_ctx]
             c = c + nn.Dense(self.hidden, kernel_init=normal02, name="pooled_embed", **kw)(pooled)
         cross = self.context_dim is not None
+        block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
-            block = DiTBlock(self.num_heads, self.mlp_ratio, cross, name=f"block{i}", **kw)
+            block = block_cls(self.num_heads, self.mlp_ratio, cross, name=f"block{i}", **kw)
             h = block(h, c, context)
         c_out = head_channels(self.in_channels, self.learn_sigma)
         mod = nn.Dense(2 * self.hidden, kernel_init=zeros, name="final_adaLN", **kw)(nn.silu(c))

@@ -138,6 +138,8 @@ class UNet(nn.Module):
         cond['aug_t']; its own TimestepEmbedding is added to the time embedding. Off by
         default (no parameters, outputs as before).
       dtype / param_dtype: compute and parameter dtypes (e.g. bfloat16 / float32).
+      remat: rematerialise each ResBlock and AttnBlock in the backward pass (`nn.remat`): the
+        same outputs, gradients and parameter tree, less activation memory, more compute.
     References:
       Ho et al. 2020, "Denoising Diffusion Probabilistic Models", appendix B;
       Nichol & Dhariwal 2021 (learned variance, scale-shift norm); Rombach et al. 2022
@@ -164,6 +166,7 @@ class UNet(nn.Module):
     aug_time: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def __post_init__(self):
         # Configs may hand over lists; tuples keep the module hashable (usable as static arg).
@@ -176,12 +179,15 @@ class UNet(nn.Module):
         return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _res(self, h, temb, out_ch, train, name):
-        return ResBlock(
+        # `train` (argument 3, counting the module) is a Python bool: static under remat
+        cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        return cls(
             out_ch, self.dropout, self.num_groups, self.scale_shift_norm, name=name, **self._kw()
         )(h, temb, train)
 
     def _attn(self, h, context, name):
-        return AttnBlock(
+        cls = nn.remat(AttnBlock) if self.remat else AttnBlock
+        return cls(
             self.num_heads, self.num_groups, self.context_dim is not None, name=name, **self._kw()
         )(h, context)
 

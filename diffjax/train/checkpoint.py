@@ -45,6 +45,8 @@ CONFIG_ITEM = os.path.join("config", "metadata")
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.sample_every", "train.progress_bar", "sample", "data.data_dir", "data.prefetch",
+    # how many steps one jitted call takes and when skipping stops: the same state (to ~1e-6)
+    "train.steps_per_call", "train.max_skipped",
 )  # fmt: skip
 # Config fields that decide what a stored network computes (sampling and evaluation).
 MODEL_FIELDS = ("task", "prediction", "model", "process", "cond", "loss.name", "data.image_size")

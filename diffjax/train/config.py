@@ -37,6 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Empty: the bare backbone. Set (sigma_min required, sigma_max, sigma_data): the backbone
     # wrapped as a consistency function f = c_skip x + c_out F (diffjax.consistency), x0-model.
     c.model.consistency = ml_collections.ConfigDict()
+    c.model.remat = False  # rematerialise each U-Net / DiT block in the backward pass (memory)
 
     c.process = ml_collections.ConfigDict()
     c.process.name = "discrete"  # a name for diffjax.processes.get_process
@@ -78,6 +79,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
     c.train.sample_every = 0  # sample grid period (0: only at the end)
     c.train.progress_bar = True  # tqdm bar with steps/s
+    c.train.grad_accum = 1  # micro-batches per step (gradients averaged, one update)
+    c.train.steps_per_call = 1  # optimiser steps per jitted call (lax.scan; small models)
+    c.train.compute_dtype = "float32"  # or 'bfloat16' (float32 params, optimiser and loss)
+    c.train.nonfinite = "stop"  # NaN/inf loss or grads: 'stop' the run, or 'skip' the update
+    c.train.max_skipped = 10  # 'skip': stop after more than this many consecutive skips
 
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "ddim"  # a diffjax.samplers solver name

@@ -20,8 +20,14 @@ from diffjax.train.components import Components, make_loss_fn
 from diffjax.train.lock import lock_workdir
 from diffjax.train.optim import make_optimizer
 from diffjax.train.sampling import make_sampler, write_samples
-from diffjax.train.spec import TrainSpec, spec_from_config
-from diffjax.train.state import TrainState, abstract_train_state, create_train_state, param_count
+from diffjax.train.spec import TrainSpec, check_grad_accum, spec_from_config
+from diffjax.train.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    jit_once,
+    param_count,
+)
 from diffjax.train.step import make_train_step
 from diffjax.train.workdir import (
     CHECKPOINT_DIR,
@@ -57,7 +63,7 @@ def init_or_restore(
     if state is None:
         # jitted: an eager Flax init runs op by op and takes many seconds for a U-Net on CPU
         t0 = time.time()
-        init = jax.jit(
+        init = jit_once(  # compiled at the lowest optimisation level: it runs once
             create_train_state, static_argnums=(1, 2), out_shardings=parallel.replicated(mesh)
         )
         state = jax.block_until_ready(init(key, c.init_params, tx))
@@ -86,6 +92,35 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
+class _Stacked(dict):
+    """The metrics of several steps of one jitted call: each value stacked, [k] per name."""
+
+
+def _per_step(history: list[dict]) -> list[dict]:
+    """`history` on the host with one dict of scalars per step (`_Stacked` entries split)."""
+    out = []
+    for entry in jax.device_get(history):
+        if isinstance(entry, _Stacked):
+            n = len(next(iter(entry.values())))
+            out.extend({k: v[i] for k, v in entry.items()} for i in range(n))
+        else:
+            out.append(entry)
+    return out
+
+
+def _log_values(history: list[dict]) -> dict[str, float]:
+    """The means of the per-step metrics; with 'skipped' (config.train.nonfinite = 'skip'):
+    'skipped' is the count of skipped steps and the others are means over the steps taken."""
+    if not any("skipped" in h for h in history):
+        return _mean_metrics(history)
+    taken = [
+        {k: v for k, v in h.items() if k != "skipped"} for h in history if not h.get("skipped", 0)
+    ]
+    values = _mean_metrics(taken) if taken else {}
+    values["skipped"] = float(sum(float(h["skipped"]) for h in history))
+    return values
+
+
 @dataclasses.dataclass
 class _Run:
     """What the periodic actions of one run share (not part of the train state)."""
@@ -100,12 +135,38 @@ class _Run:
     config_json: dict
     history: list = dataclasses.field(default_factory=list)
     t_log: float = 0.0
+    skip_run: int = 0  # consecutive skipped steps up to the last step checked
+    checked: int = 0  # entries of `history` already counted into skip_run
+
+    def check_finite(self, state: TrainState, done: int) -> None:
+        """`checkpoint.require_finite` on the steps since the last log (read to the host); with
+        config.train.nonfinite = 'skip', a skipped step's non-finite loss is no error (its
+        update was not applied), but more than `max_skipped` consecutive skipped steps are."""
+        self.history = _per_step(self.history)
+        loop = self.spec.loop
+        if loop.nonfinite == "skip":
+            for h in self.history[self.checked :]:
+                self.skip_run = self.skip_run + 1 if h.get("skipped", 0) else 0
+                if self.skip_run > loop.max_skipped:
+                    raise checkpoint.NonFiniteError(
+                        f"{self.skip_run} consecutive steps had a NaN/inf loss or gradient and "
+                        f"were skipped (config.train.max_skipped = {loop.max_skipped}), the "
+                        f"last up to step {done}: training stopped before writing a checkpoint "
+                        "(the checkpoints already written are finite and kept). Lower "
+                        "optim.learning_rate, set optim.grad_clip, or check the data for NaN"
+                    )
+            self.checked = len(self.history)
+            taken = [h for h in self.history if not h.get("skipped", 0)]
+            checkpoint.require_finite(state, taken, done)
+        else:
+            checkpoint.require_finite(state, self.history, done)
 
     def log(self, done: int) -> None:
-        values = _mean_metrics(self.history)
+        self.history = _per_step(self.history)
+        values = _log_values(self.history)
         values["steps_per_sec"] = len(self.history) / max(time.time() - self.t_log, 1e-9)
         self.writer.write(done, values)
-        self.history, self.t_log = [], time.time()
+        self.history, self.t_log, self.checked = [], time.time(), 0
 
     def grid(self, state: TrainState, done: int) -> None:
         """Sample from the EMA params with key fold_in(sample_key, step) and write the grid;
@@ -125,7 +186,7 @@ class _Run:
         save_due = loop.saves_at(done)
         if log_due or save_due:  # a NaN/inf loss or parameter stops the run before any save
             try:
-                checkpoint.require_finite(state, self.history, done)
+                self.check_finite(state, done)
             except checkpoint.NonFiniteError:
                 self.manager.wait_until_finished()  # seals the last good checkpoint
                 raise
@@ -158,21 +219,36 @@ def run_training(
     *,
     allow_fresh_start: bool = False,
     lock: bool = True,
+    preemption: parallel.PreemptionWatch | None = None,
 ) -> TrainState:
     """`_run_training` (below) holding the workdir's lock (`lock`; train_and_evaluate holds it
     already), and closing on every exit path (return, exception, KeyboardInterrupt, SIGTERM)
     what the run opened: the data prefetch thread, the metric and TensorBoard writers, orbax's
     manager (waiting for its asynchronous writes), the SIGTERM handler, the lock.
 
+    The SIGTERM handler (`preemption`, entered by the caller, e.g. train_and_evaluate before
+    it builds the data; else one entered here first) covers the start-up too: a notice that
+    arrives during the restore or before the first step stops the run at the step restored.
+
     Raises:
-      parallel.Preempted: a SIGTERM (pre-emption notice) arrived; the step reached was saved.
+      parallel.Preempted: a SIGTERM (pre-emption notice) arrived; the step reached was saved
+        (or, when no step ran, is the restored checkpoint's step, or 0 with none).
       lock.WorkdirLockedError: another live training process uses `workdir`.
     """
     with contextlib.ExitStack() as stack:
+        if preemption is None:
+            preemption = stack.enter_context(parallel.PreemptionWatch())
         if lock:
             stack.enter_context(lock_workdir(workdir))
         return _run_training(
-            spec, c, workdir, config_json, mesh, allow_fresh_start=allow_fresh_start, stack=stack
+            spec,
+            c,
+            workdir,
+            config_json,
+            mesh,
+            allow_fresh_start=allow_fresh_start,
+            stack=stack,
+            preemption=preemption,
         )
 
 
@@ -181,11 +257,26 @@ def _save_preempted(run: _Run, state: TrainState, done: int) -> None:
     write to finish, and stop with `parallel.Preempted`."""
     loop = run.spec.loop
     if not loop.saves_at(done):
-        checkpoint.require_finite(state, run.history, done)
+        run.check_finite(state, done)
         checkpoint.save(run.manager, done, state, run.config_json)
     run.manager.wait_until_finished()
     logging.warning("pre-emption notice (SIGTERM): saved step %d and stopping", done)
     raise parallel.Preempted(done)
+
+
+def _stop_at_start(step: int) -> None:
+    """On a pre-emption notice before any step ran: stop at `step` (the restored checkpoint's
+    step, or 0), which needs no new checkpoint."""
+    logging.warning("pre-emption notice (SIGTERM) during start-up: stopping at step %d", step)
+    raise parallel.Preempted(step)
+
+
+def next_event(loop, done: int) -> int:
+    """The first step after `done` at which the loop logs, saves or draws a grid (or ends)."""
+    periods = [loop.log_every, loop.checkpoint_every] + [loop.sample_every] * (
+        loop.sample_every > 0
+    )
+    return min([loop.num_steps] + [(done // p + 1) * p for p in periods])
 
 
 def _run_training(
@@ -197,15 +288,20 @@ def _run_training(
     *,
     allow_fresh_start: bool = False,
     stack: contextlib.ExitStack,
+    preemption: parallel.PreemptionWatch,
 ) -> TrainState:
     """Train to `spec.loop.num_steps`, resuming from the latest checkpoint in `workdir`
     (`allow_fresh_start`: from step 0 when every checkpoint there is unreadable).
 
     `c.batches` is a callable start_step -> iterator of global numpy batches, so that a resumed
-    run sees the batches an uninterrupted run would have seen at the same steps.
+    run sees the batches an uninterrupted run would have seen at the same steps. With
+    config.train.steps_per_call = k, k steps run in one jitted call whenever no log, save or
+    grid falls inside them; the steps before such an event are taken one call each.
     """
+    loop = spec.loop
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
+    check_grad_accum(spec.batch_size, loop.grad_accum, mesh.size)
     if parallel.is_primary():
         paths.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(spec.optim)
@@ -214,8 +310,18 @@ def _run_training(
     )
     stack.callback(manager.close)  # waits for unfinished asynchronous writes
     start = int(jax.device_get(state.step))
+    if preemption.reached(start):  # a notice during data build, init or restore
+        _stop_at_start(start)
     logging.info("model parameters: %d; devices: %d", param_count(state.params), mesh.size)
-    step_fn = make_train_step(make_loss_fn(c, spec.cond), tx, spec.ema, mesh, c.frozen)
+    step_options = dict(grad_accum=loop.grad_accum, nonfinite=loop.nonfinite)
+    loss_fn = make_loss_fn(c, spec.cond)
+    step_fn = make_train_step(loss_fn, tx, spec.ema, mesh, c.frozen, **step_options)
+    k = loop.steps_per_call
+    multi_fn = None
+    if k > 1:
+        multi_fn = make_train_step(
+            loss_fn, tx, spec.ema, mesh, c.frozen, steps_per_call=k, **step_options
+        )
     sampler = None
     if spec.sample.num > 0:
         factory = c.make_sampler or make_sampler  # a latent run's sampler decodes
@@ -232,26 +338,35 @@ def _run_training(
     )
     batches, t0 = c.batches(start), time.time()
     stack.callback(getattr(batches, "close", lambda: None))  # stops a prefetch thread
-    preemption = stack.enter_context(parallel.PreemptionWatch())
-    steps = range(start, spec.loop.num_steps)
     bar = tqdm(
-        steps,
         initial=start,
-        total=spec.loop.num_steps,
+        total=loop.num_steps,
         unit="step",
-        disable=not spec.loop.progress_bar,
+        disable=not loop.progress_bar,
         mininterval=2.0,
     )
-    for step in bar:
-        state, metrics = step_fn(state, parallel.shard_batch(next(batches), mesh), run.keys["step"])
-        run.history.append(metrics)
-        if step == start:
+    stack.callback(bar.close)
+    done = start
+    while done < loop.num_steps:
+        if multi_fn is not None and next_event(loop, done) - done >= k:
+            chunk = tuple(parallel.shard_batch(next(batches), mesh) for _ in range(k))
+            state, metrics = multi_fn(state, chunk, run.keys["step"])
+            run.history.append(_Stacked(metrics))
+            n = k
+        else:
+            batch = parallel.shard_batch(next(batches), mesh)
+            state, metrics = step_fn(state, batch, run.keys["step"])
+            run.history.append(metrics)
+            n = 1
+        if done == start:
             jax.block_until_ready(state.step)
             logging.info("start-up: first step (compile included) took %.1f s", time.time() - t0)
             run.t_log = time.time()
-        run.after_step(state, step + 1)
-        if preemption.reached(step + 1):
-            _save_preempted(run, state, step + 1)
+        done += n
+        bar.update(n)
+        run.after_step(state, done)
+        if preemption.reached(done):
+            _save_preempted(run, state, done)
     run.finish(state)
     return state
 
@@ -281,15 +396,46 @@ def train_and_evaluate(
     only the typed `TrainSpec` and the built `Components` are seen. `wrap_spec` (spec -> spec)
     may replace the built spec (a hook for experiments; config.model.consistency already
     wraps a consistency model's backbone).
+
+    The SIGTERM handler is installed first: a pre-emption notice during the data build, the
+    init, the restore or the compile stops the run cleanly with `parallel.Preempted` (at the
+    restored step, or 0: no step ran, so no checkpoint is written or changed).
     """
-    from diffjax.train.builders import build_components
     from diffjax.train.spec import TASKS
 
     task = str(config.get("task", "diffusion"))
     if task not in TASKS:
         raise ValueError(f"config.task = {task!r}: expected one of {TASKS}")
     if task != "diffusion":
-        return _train_other_task(task, config, workdir)
+        return _train_other_task(
+            task,
+            config,
+            workdir,
+            allow_config_change=allow_config_change,
+            allow_fresh_start=allow_fresh_start,
+        )
+    with parallel.PreemptionWatch() as preemption:
+        return _train_diffusion(
+            config,
+            workdir,
+            wrap_spec=wrap_spec,
+            allow_config_change=allow_config_change,
+            allow_fresh_start=allow_fresh_start,
+            preemption=preemption,
+        )
+
+
+def _train_diffusion(
+    config: Any,
+    workdir: str,
+    *,
+    wrap_spec,
+    allow_config_change: tuple[str, ...],
+    allow_fresh_start: bool,
+    preemption: parallel.PreemptionWatch,
+) -> TrainState:
+    """train_and_evaluate of a diffusion run, under the caller's SIGTERM handler."""
+    from diffjax.train.builders import build_components
 
     paths.check_filesystem(workdir)  # a missing gs:// client: one clear error, before work
     spec = spec_from_config(config)
@@ -301,11 +447,14 @@ def train_and_evaluate(
         spec = wrap_spec(spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
+    check_grad_accum(spec.batch_size, spec.loop.grad_accum, mesh.size)
     config_json = config_to_json(config)
     checkpoint.check_resume_config(checkpoint_dir(workdir), config_json, allow_config_change)
     t0 = time.time()
     components = build_components(spec)
     logging.info("start-up: data and model built in %.1f s", time.time() - t0)
+    if preemption.notice:  # one process: a SIGTERM during the build; nothing written yet
+        _stop_at_start(checkpoint.stored_config(checkpoint_dir(workdir))[1] or 0)
     with lock_workdir(workdir):  # before the first write: a second run changes nothing
         write_workdir_json(workdir, CONFIG_FILE, config_json)  # primary process only
         write_run_info(workdir, components)
@@ -321,17 +470,27 @@ def train_and_evaluate(
             mesh,
             allow_fresh_start=allow_fresh_start,
             lock=False,
+            preemption=preemption,
         )
 
 
-def _train_other_task(task: str, config: Any, workdir: str):
-    """The entry points of the runs that train a model other runs use (see spec.TASKS)."""
+def _train_other_task(
+    task: str,
+    config: Any,
+    workdir: str,
+    *,
+    allow_config_change: tuple[str, ...] = (),
+    allow_fresh_start: bool = False,
+):
+    """The entry points of the runs that train a model other runs use (see spec.TASKS), given
+    train_and_evaluate's `allow_config_change` and `allow_fresh_start`."""
+    flags = dict(allow_config_change=allow_config_change, allow_fresh_start=allow_fresh_start)
     if task == "classifier":  # a noisy classifier for guidance (Dhariwal & Nichol 2021)
         from diffjax.train.noisy_classifier import train_noisy_classifier
 
-        return train_noisy_classifier(config, workdir)
+        return train_noisy_classifier(config, workdir, **flags)
     if task == "autoencoder":  # the first stage of latent diffusion (Rombach et al. 2022)
         from diffjax.train.autoencoder import train_autoencoder
 
-        return train_autoencoder(config, workdir)
+        return train_autoencoder(config, workdir, **flags)
     raise NotImplementedError(f"config.task = {task!r} is not implemented yet")

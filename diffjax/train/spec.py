@@ -18,6 +18,8 @@ from typing import Any
 from diffjax.typing import PREDICTION_KINDS
 
 OPTIMIZERS = ("adam", "adamw")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # config.train.compute_dtype
+NONFINITE_MODES = ("stop", "skip")  # config.train.nonfinite
 # Top-level fields of the experiment ConfigDict (see diffjax/train/config.py).
 CONFIG_FIELDS = (
     "seed", "prediction", "data", "model", "process", "loss", "optim", "ema", "cond", "train",
@@ -76,6 +78,18 @@ class LoopSpec:
     keep_checkpoints: int = 3  # >= 1
     sample_every: int = 0  # 0: only at the end
     progress_bar: bool = True
+    # Options of the jitted step (issue 15): the global batch split into `grad_accum`
+    # micro-batches whose gradients are averaged before one update; `steps_per_call` optimiser
+    # steps per jitted call (lax.scan over stacked batches); the model's compute dtype
+    # ('bfloat16': bf16 activations, float32 parameters and loss).
+    grad_accum: int = 1  # >= 1, dividing data.batch_size
+    steps_per_call: int = 1  # >= 1
+    compute_dtype: str = "float32"  # one of COMPUTE_DTYPES
+    # A step whose loss or gradients are NaN/inf: 'stop' the run before any save, or 'skip' its
+    # update (params, optimiser state and EMA unchanged, the step count advances), stopping
+    # only after more than `max_skipped` consecutive skipped steps.
+    nonfinite: str = "stop"  # one of NONFINITE_MODES
+    max_skipped: int = 10  # >= 0
 
     def saves_at(self, done: int) -> bool:
         """Whether a checkpoint is written after `done` steps (each period, and the last)."""
@@ -176,6 +190,70 @@ def _check_loop(loop: LoopSpec) -> None:
         value = getattr(loop, name)
         _check(value >= 1, f"train.{name}", value, "an integer >= 1")
     _check(loop.sample_every >= 0, "train.sample_every", loop.sample_every, ">= 0 (0: at the end)")
+    for name in ("grad_accum", "steps_per_call"):
+        value = getattr(loop, name)
+        _check(_is_int(value) and value >= 1, f"train.{name}", value, "an integer >= 1")
+    _check(loop.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", loop.compute_dtype,
+           f"one of {COMPUTE_DTYPES}")  # fmt: skip
+    _check(loop.nonfinite in NONFINITE_MODES, "train.nonfinite", loop.nonfinite,
+           f"one of {NONFINITE_MODES}")  # fmt: skip
+    ok = _is_int(loop.max_skipped) and loop.max_skipped >= 0
+    _check(ok, "train.max_skipped", loop.max_skipped, "an integer >= 0")
+
+
+def check_default_step_options(loop: LoopSpec, task: str) -> None:
+    """ValueError naming the first config.train step option (grad_accum, steps_per_call,
+    compute_dtype, nonfinite) that is not its default, for a task whose own train step does
+    not implement them (so that a set option is never silently ignored)."""
+    for name in ("grad_accum", "steps_per_call", "compute_dtype", "nonfinite"):
+        value, default = getattr(loop, name), getattr(LoopSpec, name)
+        _check(value == default, f"train.{name}", value, f"{default!r} for a task={task!r} run "
+               "(its train step does not take this option)")  # fmt: skip
+
+
+def check_grad_accum(batch_size: int, grad_accum: int, num_devices: int = 1) -> None:
+    """ValueError unless the global batch splits into `grad_accum` micro-batches that split
+    evenly over `num_devices` (batch_size divisible by grad_accum * num_devices)."""
+    if batch_size % (grad_accum * num_devices):
+        raise ValueError(
+            f"config.data.batch_size = {batch_size} is not divisible by config.train.grad_accum"
+            f" = {grad_accum} times the device count {num_devices}: each of the {grad_accum} "
+            f"micro-batches must split evenly over the devices; use a multiple of "
+            f"{grad_accum * num_devices}"
+        )
+
+
+def model_step_options(
+    name: str, options: dict[str, Any], compute_dtype: str, remat: Any
+) -> dict[str, Any]:
+    """`options` of model `name` with the run's compute dtype (`dtype`; parameters stay
+    float32) and `remat` (rematerialise each block in the backward pass) filled in, for a model
+    class that has those fields; ValueError naming the model or a contradicting option."""
+    from diffjax.models import MODEL_CLASSES
+
+    cls = MODEL_CLASSES.get(name.split("_")[0])
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    options = dict(options)
+    _check(isinstance(remat, bool), "model.remat", remat, "True or False")
+    if remat:
+        _check("remat" in fields, "model.remat", remat, f"False for model {name!r} (it has no "
+               "remat option; the U-Net and the DiT have one)")  # fmt: skip
+        given = options.get("remat", True)
+        _check(given is True, "model.kwargs.remat", given, "unset or True with config.model.remat")
+        options["remat"] = True
+    if compute_dtype != "float32":
+        _check("dtype" in fields, "train.compute_dtype", compute_dtype, f"'float32' for model "
+               f"{name!r} (it has no dtype option)")  # fmt: skip
+        if "dtype" in options and str(options["dtype"]) != compute_dtype:
+            raise ValueError(
+                f"config.model.kwargs.dtype = {options['dtype']!r} contradicts "
+                f"config.train.compute_dtype = {compute_dtype!r}; set only the latter"
+            )
+        import jax.numpy as jnp
+
+        options["dtype"] = getattr(jnp, compute_dtype)
+        options.setdefault("param_dtype", jnp.float32)  # float32 master weights
+    return options
 
 
 def _check_optim(optim: OptimSpec, ema: EmaSpec, cond: CondSpec) -> None:
@@ -544,6 +622,9 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
     _check_optim(optim, ema, cond)
     loop = _section(LoopSpec, config.train, "train")
     _check_loop(loop)
+    _check(int(config.data.batch_size) % loop.grad_accum == 0, "data.batch_size",
+           int(config.data.batch_size), f"a multiple of config.train.grad_accum = "
+           f"{loop.grad_accum} (the global batch splits into that many micro-batches)")  # fmt: skip
     sample = _sample_spec(config.sample)
     loss_options = _options(config.loss.get("kwargs"), "loss.kwargs")
     loss = build_loss(str(config.loss.name), loss_options, prediction)
@@ -578,6 +659,9 @@ def spec_from_config(config, example: ExampleSpec | None = None) -> TrainSpec:
         example = latent_lib.denoiser_example(probe_example(data), latent, text)
     model_options = _options(config.model.get("kwargs"), "model.kwargs")
     model_options = latent_lib.model_options(model_options, example, text, cond)
+    model_options = model_step_options(
+        str(config.model.name), model_options, loop.compute_dtype, config.model.get("remat", False)
+    )
     model_key = (str(config.model.name), model_options)
     cascade = cascade_spec(config.get("cascade"), example, cond, sample, model_key)
     if cascade is not None:  # an SR stage: low-res condition concatenated, level as 2nd time

@@ -48,6 +48,44 @@ def _ema_decay(ema: EmaSpec, step: Array) -> Array:
     return ema_decay(ema, step) if schedule is None else schedule.ema_decay(step)
 
 
+def _loss_and_grads(loss_fn, params, key, batch, kwargs, grad_accum: int):
+    """((loss, aux), grads) of `loss_fn` on `batch`; with grad_accum k > 1 the batch is split
+    into k micro-batches (micro-batch i: rows i, i + k, i + 2k, ..., so each device keeps its
+    own rows) run one after another under `lax.scan`, the micro-batch i with key
+    fold_in(key, i), and the losses, scalar metrics and gradients averaged over them (the mean
+    over equal micro-batches is the batch mean)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum == 1:
+        (loss, aux), grads = grad_fn(params, key, batch, **kwargs)
+        return (loss, _scalar_metrics(aux)), grads
+
+    def split(x):  # [B, ...] -> [k, B / k, ...]: micro-batch i holds rows i::k
+        x = jnp.asarray(x)
+        return jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1)
+
+    micro = jax.tree.map(split, batch)
+
+    def body(acc, inputs):
+        i, part = inputs
+        (loss, aux), grads = grad_fn(params, jax.random.fold_in(key, i), part, **kwargs)
+        out = (loss, _scalar_metrics(aux)), grads
+        return jax.tree.map(jnp.add, acc, out), None
+
+    def first(p):  # the shapes of one micro-batch's outputs (a forward trace only)
+        loss, aux = loss_fn(p, key, jax.tree.map(lambda x: x[0], micro), **kwargs)
+        return (loss, _scalar_metrics(aux)), p
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(first, params))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+    return jax.tree.map(lambda x: x / grad_accum, total)
+
+
+def _all_finite(tree) -> Array:
+    """True iff every element of every leaf of `tree` is finite (a traced scalar bool)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -57,28 +95,54 @@ def train_step(
     tx: optax.GradientTransformation,
     ema: EmaSpec,
     frozen: dict | None = None,
+    grad_accum: int = 1,
+    nonfinite: str = "stop",
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimiser step with key fold_in(base_key, step); returns (new state, metrics).
 
     The loss also gets the EMA parameters (a consistency loss's target network) and `frozen`
     (untrained models such as a distillation teacher, traced), and step= (traced) when
     `loss_fn` takes it (`make_loss_fn`'s passes it on only to a loss with a `step` parameter).
-    With `ema.schedule` (consistency training's N(k) schedule) the EMA decay is its mu(step)."""
+    With `ema.schedule` (consistency training's N(k) schedule) the EMA decay is its mu(step).
+
+    `grad_accum` k > 1: the gradient is the mean over k micro-batches (`_loss_and_grads`).
+    `nonfinite` 'skip': when the loss or a gradient is NaN/inf, params, optimiser state and EMA
+    stay as they were (the step count still advances) and metrics['skipped'] is 1.0 (else
+    0.0); 'stop' (the default) leaves that to the loop, which stops before the next save."""
     key = jax.random.fold_in(base_key, state.step)
     kwargs = {"ema_params": state.ema_params, "frozen": frozen}
     if _takes_step(loss_fn):
         kwargs["step"] = state.step
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, key, batch, **kwargs
-    )
+    (loss, metrics), grads = _loss_and_grads(loss_fn, state.params, key, batch, kwargs, grad_accum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = ema_update(state.ema_params, params, _ema_decay(ema, state.step))
-    metrics = {**_scalar_metrics(aux), "loss": loss, "grad_norm": optax.tree.norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+    new = (params, ema_params, opt_state)
+    if nonfinite == "skip":
+        ok = jnp.isfinite(loss) & _all_finite(grads)
+        old = (state.params, state.ema_params, state.opt_state)
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
+    elif nonfinite != "stop":
+        raise ValueError(f"nonfinite = {nonfinite!r}: expected 'stop' or 'skip'")
+    params, ema_params, opt_state = new
     new_state = state.replace(
         params=params, ema_params=ema_params, opt_state=opt_state, step=state.step + 1
     )
     return new_state, metrics
+
+
+def train_steps(state: TrainState, batches: tuple, base_key: Array, **step_kwargs):
+    """len(batches) consecutive `train_step`s under one `lax.scan` (the batches stacked on a
+    new leading axis); the metrics come back stacked, [k] per name. Step n still uses key
+    fold_in(base_key, n), so this equals the steps taken one call at a time."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+
+    def body(s, batch):
+        return train_step(s, batch, base_key, **step_kwargs)
+
+    return jax.lax.scan(body, state, stacked)
 
 
 def make_train_step(
@@ -87,17 +151,33 @@ def make_train_step(
     ema: EmaSpec,
     mesh: Mesh,
     frozen: dict | None = None,
+    *,
+    grad_accum: int = 1,
+    nonfinite: str = "stop",
+    steps_per_call: int = 1,
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """`train_step` jitted with the batch sharded on 'data', everything else replicated, and the
     incoming state donated (its buffers are reused for the new state). `frozen` (e.g. the
-    teacher model pytree) is a replicated jit argument of every call, not a constant."""
+    teacher model pytree) is a replicated jit argument of every call, not a constant.
+
+    `steps_per_call` k > 1: the function takes a tuple of k batches (each sharded on 'data')
+    and runs `train_steps` on them in one call, returning metrics stacked [k] per name."""
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum = {grad_accum!r}: expected an integer >= 1")
+    if not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"steps_per_call = {steps_per_call!r}: expected an integer >= 1")
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     # the models' array leaves are traced arguments; modules and functions stay static
     arrays, static = modeltree.split(frozen) if frozen is not None else ([], None)
+    options = dict(loss_fn=loss_fn, tx=tx, ema=ema, grad_accum=grad_accum, nonfinite=nonfinite)
 
     def step(state, batch, base_key, arrays):
         models = None if static is None else modeltree.join(arrays, static)
-        return train_step(state, batch, base_key, loss_fn=loss_fn, tx=tx, ema=ema, frozen=models)
+        if steps_per_call == 1:
+            return train_step(state, batch, base_key, frozen=models, **options)
+        if len(batch) != steps_per_call:
+            raise ValueError(f"expected a tuple of {steps_per_call} batches; got {len(batch)}")
+        return train_steps(state, tuple(batch), base_key, frozen=models, **options)
 
     jitted = jax.jit(
         step,
