@@ -184,3 +184,39 @@ def test_resumed_metrics_drop_rows_after_the_checkpoint_and_only_primary_writes(
     with MetricWriter(other, resume_step=0, primary=False) as writer:  # process 1 of a cluster
         writer.write(1, {"loss": 1.0})
     assert not other.exists()
+
+
+@pytest.mark.slow  # two 1-step trainings with their compiles (~40 s on 2 loaded cores)
+def test_autoencoder_run_uses_only_the_path_layer(guard, tmp_path):
+    from diffjax.train.autoencoder import (
+        SCALE_FILE,
+        load_autoencoder,
+        read_scale,
+        train_autoencoder,
+    )
+    from tests.test_autoencoder_train import synthetic_idx
+    from tests.test_reliability_tasks import tiny_config
+
+    workdir, violations = guard
+    c = tiny_config("autoencoder", synthetic_idx(str(tmp_path / "idx"), n=16), num_steps=1)
+    c.autoencoder.grid_num = 2  # the grid, latent_scale.json, metrics, loss.png, checkpoints
+    train_autoencoder(c, workdir)
+    c.train.num_steps = 2
+    train_autoencoder(c, workdir)  # resume: truncates metrics, restores
+    assert load_autoencoder(workdir)[2] == 2 and read_scale(workdir)["step"] == 2
+    assert os.path.isfile(os.path.join(workdir, SCALE_FILE))
+    assert violations == []
+
+
+@pytest.mark.slow  # two 1-step trainings with their compiles (~30 s on 2 loaded cores)
+def test_noisy_classifier_run_uses_only_the_path_layer(guard):
+    from diffjax.train.noisy_classifier import load_noisy_classifier, train_noisy_classifier
+    from tests.test_reliability_tasks import tiny_config
+
+    workdir, violations = guard
+    c = tiny_config("classifier", "", num_steps=1)
+    train_noisy_classifier(c, workdir)
+    c.train.num_steps = 2
+    train_noisy_classifier(c, workdir)  # resume
+    assert load_noisy_classifier(workdir).step == 2
+    assert violations == []

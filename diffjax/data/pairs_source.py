@@ -4,55 +4,72 @@ as batches {'image' or 'x': x0 [b, ...], 'noise': its paired z [b, ...]}.
 
 The batch at a step is a function of (seed, step, host) alone, through the same index
 pipeline as the other random-access sources (`pipeline.index_batches`), so a resumed run sees
-the batches an uninterrupted one would, and each host reads a disjoint strided shard.
+the batches an uninterrupted one would, and host p reads the p-th slice of the global batch.
+Files go through etils.epath (the data layer does not import the train layer's `paths`), so a
+pair set may live on any filesystem epath reaches.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 
 import numpy as np
+from etils import epath
 
+from diffjax import parallel
 from diffjax.data.pipeline import Batches, host_batch_size, index_batches
 
 _PATTERN = "pairs_{:06d}.npz"
+_TMP_SUFFIX = ".tmp.npz"  # a chunk being written (never read)
 
 
 class NpzChunkWriter:
     """A `writer(index, z, x)` for `diffjax.reflow.make_pairs` that saves chunk `index` as
-    DIR/pairs_{index:06d}.npz with arrays 'z' (noise ends) and 'x' (data ends)."""
+    DIR/pairs_{index:06d}.npz with arrays 'z' (noise ends) and 'x' (data ends), on any
+    filesystem etils.epath reaches (the path type of `diffjax.train.paths`); in a multi-host
+    run the primary process alone writes (every host passes the same whole chunk)."""
 
     def __init__(self, directory: str):
-        self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        self.primary = parallel.is_primary()
+        self.path = epath.Path(directory)
+        self.directory = os.fspath(self.path)
+        if self.primary:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, index: int, z, x) -> None:
-        path = os.path.join(self.directory, _PATTERN.format(int(index)))
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, z=np.asarray(z), x=np.asarray(x))
-        os.replace(tmp, path)  # a crash never leaves a half-written chunk under the final name
+        if not self.primary:
+            return
+        path = self.path / _PATTERN.format(int(index))
+        tmp = self.path / (path.name[: -len(".npz")] + _TMP_SUFFIX)
+        buffer = io.BytesIO()  # encoded in memory, then one write (any filesystem)
+        np.savez(buffer, z=np.asarray(z), x=np.asarray(x))
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)  # a crash never leaves a half-written chunk under the final name
 
 
 def chunk_paths(directory: str) -> list[str]:
     """The chunk files of a pair set, in index order."""
-    if directory is None or not os.path.isdir(directory):
+    root = None if directory is None else epath.Path(directory)
+    if root is None or not root.is_dir():
         raise ValueError(
             f"pair set folder {directory!r} does not exist; make one with launch/reflow_pairs.py"
         )
-    names = sorted(
-        n for n in os.listdir(directory) if n.startswith("pairs_") and n.endswith(".npz")
-    )
-    names = [n for n in names if not n.endswith(".tmp.npz")]
+    names = sorted(p.name for p in root.iterdir() if _is_chunk(p.name))
     if not names:
         raise ValueError(f"no pair chunks (pairs_*.npz) in {directory!r}")
-    return [os.path.join(directory, n) for n in names]
+    return [os.fspath(root / n) for n in names]
+
+
+def _is_chunk(name: str) -> bool:
+    return name.startswith("pairs_") and name.endswith(".npz") and not name.endswith(_TMP_SUFFIX)
 
 
 def iter_pairs(directory: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (z, x) chunk by chunk (one chunk in memory at a time)."""
     for path in chunk_paths(directory):
-        with np.load(path) as f:
+        with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:  # any filesystem
             yield f["z"], f["x"]
 
 

@@ -13,8 +13,7 @@ Sources (explicit dict `SOURCES`):
 Image sources yield {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}, toy sources
 {'x': float32 [b, D], 'label': int32 [b]}, as numpy arrays; b = batch_size // process_count:
 host p yields rows [p b, (p + 1) b) of the global batch one process would draw at that step, so
-the global batch depends on (seed, step) only (the tf.data reader is the exception: its files
-are split between hosts by TFDS).
+the global batch depends on (seed, step) only, for every source (the tf.data reader included).
 """
 
 from __future__ import annotations

@@ -1,19 +1,22 @@
 """Optional tf.data path for TFDS datasets prepared as TFRecord (needs TensorFlow installed).
 
 Use it when a dataset exists only in TFDS's default TFRecord format (which has no random access).
-Host sharding uses TFDS's `input_context` (files are split between hosts, so a dataset needs at
-least `process_count` files), shuffling uses `shuffle_files` with a seeded `ReadConfig` and a
-seeded `shuffle` buffer. Flip, scaling and labels are the shared numpy code of `pipeline`.
-Resume by skipping `start_step` batches: exact only where the tf.data graph is deterministic
-(the default), and it re-reads the skipped data. Prefer ArrayRecord + `tfds_source`.
+Topology-independent like the other sources: every host builds the same seeded stream of the
+whole dataset (`shuffle_files` with a seeded `ReadConfig`, a seeded `shuffle` buffer of 16 global
+batches), batches it by the GLOBAL batch B, and host p of P keeps rows [p B/P, (p + 1) B/P) of
+each, so the global batch at step s depends on (seed, s) only and is the one a 1-process run
+draws; a run may resume on another number of hosts. Images are decoded after the host's rows
+are cut (`SkipDecoding`), so a host decodes only its own rows, though every host reads every
+record. Flip, scaling and labels are the shared numpy code of `pipeline`. Resume by skipping
+`start_step` global batches (undecoded): exact where the tf.data graph is deterministic (the
+default), and it re-reads the skipped records. Prefer ArrayRecord + `tfds_source`.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 
-from diffjax.data.pipeline import Batches, host_batch_size, make_finish
+from diffjax.data.pipeline import Batches, check_host, host_batch_size, make_finish
 from diffjax.data.tfds_source import default_data_dir
 
 
@@ -45,19 +48,44 @@ def _info(name, data_dir, image_key, label_key, with_labels, per_host) -> dict:
     return {"shape": shape, "key": "image", "num_classes": num_classes, "per_host_batch": per_host}
 
 
-def _dataset(name, split, data_dir, per_host, seed, shuffle, repeat, drop_remainder, host):
+def _host_rows(batch, host: tuple[int, int]):
+    """Host p of P's rows [p m, (p + 1) m), m = b // P, of every feature of a global batch of b
+    (`pipeline.host_slice` in tf.data)."""
+    import tensorflow as tf
+
+    index, count = host
+    size = tf.shape(tf.nest.flatten(batch)[0])[0] // count
+    return tf.nest.map_structure(lambda v: v[index * size : (index + 1) * size], batch)
+
+
+def _dataset(name, split, data_dir, image_key, seed, options, start_step, host):
+    """The tf.data stream of this host's rows of each global batch, from step `start_step`."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
     builder = _builder(name, data_dir)
-    context = tf.distribute.InputContext(num_input_pipelines=host[1], input_pipeline_id=host[0])
-    read_config = tfds.ReadConfig(shuffle_seed=seed, input_context=context)
-    ds = builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config)
-    if repeat:
+    batch_size, shuffle = options["batch_size"], options["shuffle"]
+    read_config = tfds.ReadConfig(shuffle_seed=seed)  # every host reads every file, one order
+    decoders = {image_key: tfds.decode.SkipDecoding()}  # decoded once the host's rows are cut
+    ds = builder.as_dataset(
+        split=split, shuffle_files=shuffle, read_config=read_config, decoders=decoders
+    )
+    if options["repeat"]:
         ds = ds.repeat()
     if shuffle:
-        ds = ds.shuffle(16 * per_host, seed=seed)
-    return ds.batch(per_host, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+        ds = ds.shuffle(16 * batch_size, seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=options["drop_remainder"]).skip(start_step)
+    if host[1] > 1:  # a final batch too short to give every host a row is dropped
+        ds = ds.filter(lambda b: tf.shape(b[image_key])[0] >= host[1])
+        ds = ds.map(lambda b: _host_rows(b, host))
+    feature = builder.info.features[image_key]
+    signature = tf.TensorSpec(feature.shape, tf.uint8)
+
+    def decode(batch):
+        images = tf.map_fn(feature.decode_example, batch[image_key], fn_output_signature=signature)
+        return {**batch, image_key: images}
+
+    return ds.map(decode).prefetch(tf.data.AUTOTUNE)
 
 
 def tfdata_batches(
@@ -80,7 +108,8 @@ def tfdata_batches(
     image_size: int | None = None,
     prefetch: int = 0,
 ) -> Batches:
-    """Batches {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} through tf.data.
+    """Batches {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} through tf.data;
+    `batch_size` is global, b = its per-host share, host p's rows those of `pipeline`'s sources.
 
     Reached from `make_iterator` with `DataConfig(name='tfds:<name>', tfds_reader='tf_data')`.
     `prefetch` is accepted for the common signature (tf.data prefetches by itself).
@@ -98,9 +127,13 @@ def tfdata_batches(
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"TFDS data_dir does not exist: {data_dir}")
     per_host = host_batch_size(batch_size, process_count)
+    check_host(process_index, process_count)
     host = (process_index, process_count)
-    ds = _dataset(name, split, data_dir, per_host, seed, shuffle, repeat, drop_remainder, host)
-    stream = iter(itertools.islice(tfds.as_numpy(ds), start_step, None))
+    options = dict(
+        batch_size=batch_size, shuffle=shuffle, repeat=repeat, drop_remainder=drop_remainder
+    )
+    ds = _dataset(name, split, data_dir, image_key, seed, options, start_step, host)
+    stream = iter(tfds.as_numpy(ds))
     finish = make_finish(
         seed=seed,
         process_index=process_index,

@@ -51,6 +51,7 @@ import numpy as np
 
 from diffjax.data.captions import LAYOUTS
 from diffjax.train import classifier as clf
+from diffjax.train import paths
 from diffjax.typing import Array, ArrayLike, PyTree
 
 CACHE_SUBDIR = "adherence_{layout}"  # the classifier cache below a cache root, one per layout
@@ -145,8 +146,9 @@ def train_adherence_classifier(
     Returns:
       the classifier's params.
     """
-    workdir = None if cache_dir is None else os.path.join(cache_dir, CACHE_SUBDIR.format(
-        layout=layout))  # fmt: skip
+    workdir = None
+    if cache_dir is not None:  # through the path layer (a gs:// cache root stays one)
+        workdir = os.fspath(paths.workdir_path(cache_dir) / CACHE_SUBDIR.format(layout=layout))
     return clf.train_classifier(
         key, item_view(items, layout), np.asarray(labels), steps=steps, batch_size=batch_size,
         workdir=workdir, **kwargs,

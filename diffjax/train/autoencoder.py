@@ -7,7 +7,9 @@ Esser et al. 2021, eq. 7). A perceptual (LPIPS) term needs pretrained feature we
 cannot be downloaded here, so it is off (see `AutoencoderLoss.perceptual` to supply one).
 
 The run uses the launcher, orbax checkpoints (`diffjax.train.checkpoint`, resume and
-corrupt-step recovery included), metrics and workdir files of the diffusion runs. At the end it
+corrupt-step recovery included), metrics and workdir files of the diffusion runs, and their
+safety rules (`diffjax.train.loop`): the workdir lock, the resume-config check, SIGTERM saving
+the step reached, no save of a NaN/inf state, only process 0 writing files. At the end it
 writes a reconstruction grid (`reconstructions.png`: rows alternate originals and their
 reconstructions) and the latent scale factor 1 / std(z), z ~ q(z | x) over `scale_samples`
 training images (Rombach et al. 2022, app. G), to `latent_scale.json` next to run_info.json;
@@ -21,9 +23,8 @@ Config (the fields of `config.autoencoder` for this task; experiments/autoencode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import os
 import time
 from typing import Any
 
@@ -35,12 +36,13 @@ from absl import logging
 
 from diffjax import parallel
 from diffjax.losses.autoencoder import psnr
-from diffjax.train import checkpoint
+from diffjax.train import checkpoint, paths
 from diffjax.train.autoencoder_losses import (
     AutoencoderLoss,
     discriminator_objective,
     generator_objective,
 )
+from diffjax.train.loop import checkpoint_dir
 from diffjax.train.optim import ema_decay, ema_update, make_optimizer
 from diffjax.train.spec import (
     CondSpec,
@@ -52,10 +54,11 @@ from diffjax.train.spec import (
     _check_loop,
     _check_optim,
     _section,
+    check_default_step_options,
     data_config,
     probe_example,
 )
-from diffjax.train.state import TrainState, param_count
+from diffjax.train.state import TrainState, jit_once, param_count
 
 SCALE_FILE = "latent_scale.json"  # next to run_info.json
 GRID_FILE = "reconstructions.png"
@@ -154,6 +157,7 @@ def autoencoder_spec_from_config(config, example: ExampleSpec | None = None):
     _check_optim(optim, ema, CondSpec())
     loop = _section(LoopSpec, config.train, "train")
     _check_loop(loop)
+    check_default_step_options(loop, "autoencoder")  # the diffusion step's options
     loss = AutoencoderLoss(
         reconstruction=opts.reconstruction,
         kl_weight=opts.kl_weight,
@@ -290,7 +294,9 @@ def compute_scale(spec, ema_params, key) -> dict:
 def _first_images(spec, num: int) -> np.ndarray:
     from diffjax.data import make_iterator
 
-    batches = make_iterator(dataclasses.replace(spec.data, prefetch=0))
+    # the first images of the 1-process stream, on every host alike
+    config = dataclasses.replace(spec.data, prefetch=0)
+    batches = make_iterator(config, process_index=0, process_count=1)
     out, step = [], 0
     while sum(len(b) for b in out) < num:
         out.append(np.asarray(batches.batch_at(step)["image"]))
@@ -311,11 +317,8 @@ def write_scale(workdir: str, spec, facts: dict, step: int) -> dict:
         "step": int(step),
         **facts,
     }
-    path = os.path.join(workdir, SCALE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(info, fh, indent=2)
-    os.replace(tmp, path)
+    if parallel.is_primary():
+        paths.write_json(paths.workdir_path(workdir) / SCALE_FILE, info)  # atomic
     return info
 
 
@@ -324,14 +327,14 @@ def write_grid(workdir: str, spec, ema_params) -> str | None:
     from diffjax.train.writers import save_image_grid
 
     num = spec.options.grid_num
-    if num <= 0:
+    if num <= 0 or not parallel.is_primary():
         return None
     x = _first_images(spec, num)
     z = make_encode(spec.model, sample=False)(ema_params, None, x)
     rec = np.asarray(make_decode(spec.model)(ema_params, z))
     cols = min(8, num)
     rows = [a for i in range(0, num, cols) for a in (x[i : i + cols], rec[i : i + cols])]
-    path = os.path.join(workdir, GRID_FILE)
+    path = paths.workdir_path(workdir) / GRID_FILE
     return save_image_grid(path, np.concatenate(rows), (-1.0, 1.0), cols)
 
 
@@ -339,18 +342,20 @@ def write_grid(workdir: str, spec, ema_params) -> str | None:
 # The run.
 
 
-def _restore(spec, workdir, mesh, tx):
+def _restore(spec, workdir, mesh, tx, *, allow_fresh_start: bool = False):
+    """(state replicated over mesh, checkpoint manager): the latest good checkpoint or step 0
+    (`checkpoint.restore_latest`'s rules, `allow_fresh_start` included)."""
     from diffjax.train.loop import run_keys
-    from diffjax.train.workdir import CHECKPOINT_DIR
 
-    manager = checkpoint.make_manager(
-        os.path.join(workdir, CHECKPOINT_DIR), spec.loop.keep_checkpoints
-    )
+    manager = checkpoint.make_manager(checkpoint_dir(workdir), spec.loop.keep_checkpoints)
     key = run_keys(spec.seed)["init"]
     abstract = jax.eval_shape(lambda k: create_state(k, spec, tx), key)
-    state, step = checkpoint.restore_latest(manager, abstract, parallel.replicated(mesh))
+    state, step = checkpoint.restore_latest(
+        manager, abstract, parallel.replicated(mesh), allow_fresh_start=allow_fresh_start
+    )
     if state is None:
-        init = jax.jit(lambda k: create_state(k, spec, tx), out_shardings=parallel.replicated(mesh))
+        sharding = parallel.replicated(mesh)
+        init = jit_once(lambda k: create_state(k, spec, tx), out_shardings=sharding)
         state = init(key)
         logging.info("no checkpoint in %s: starting from step 0", manager.directory)
     else:
@@ -359,65 +364,98 @@ def _restore(spec, workdir, mesh, tx):
 
 
 def _write_run_files(workdir: str, spec, config_json: dict) -> None:
-    from diffjax.train.workdir import CONFIG_FILE, RUN_INFO_FILE
+    """config.json and run_info.json (primary process only, atomically)."""
+    from diffjax.train.workdir import CONFIG_FILE, RUN_INFO_FILE, write_workdir_json
 
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump(config_json, f, indent=2)
     info = {
         "example_shape": list(spec.example.shape),
         "data_key": "image",
         "value_range": [-1.0, 1.0],
         "task": "autoencoder",
     }
-    with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2)
+    write_workdir_json(workdir, CONFIG_FILE, config_json)
+    write_workdir_json(workdir, RUN_INFO_FILE, info)
 
 
-def train_autoencoder(config, workdir: str, mesh=None) -> TrainState:
+def train_autoencoder(
+    config,
+    workdir: str,
+    *,
+    allow_config_change: tuple[str, ...] = (),
+    allow_fresh_start: bool = False,
+    mesh=None,
+) -> TrainState:
     """Train the autoencoder of `config` in `workdir` (resuming from its latest checkpoint);
-    at the end write the reconstruction grid and latent_scale.json. Returns the final state."""
-    from diffjax.train.builders import build_batches
-    from diffjax.train.loop import _mean_metrics, config_to_json, run_keys
-    from diffjax.train.writers import MetricWriter, read_metrics, save_loss_curve
+    at the end write the reconstruction grid and latent_scale.json. Returns the final state.
 
+    The rules of `loop.train_and_evaluate`: the config must equal the one stored with the
+    checkpoints outside `checkpoint.RESUMABLE_FIELDS` and `allow_config_change` (else
+    ConfigMismatchError before any write); the workdir lock is held from the first write on;
+    `allow_fresh_start` trains from step 0 when every checkpoint is unreadable.
+
+    Raises:
+      parallel.Preempted: a SIGTERM arrived; the step reached was saved (a notice during the
+        start-up stops at the restored step, or 0, writing no checkpoint).
+      checkpoint.NonFiniteError: a NaN/inf loss or parameter (nothing bad was saved).
+      lock.WorkdirLockedError: another live training process uses `workdir`.
+    """
+    from diffjax.train.loop import _stop_at_start
+
+    with parallel.PreemptionWatch() as preemption:  # covers the start-up too
+        state = _train(config, workdir, allow_config_change, allow_fresh_start, mesh, preemption)
+        if state is None:  # a notice before any step ran: no checkpoint written or changed
+            _stop_at_start(checkpoint.stored_config(checkpoint_dir(workdir))[1] or 0)
+        return state
+
+
+def _train(config, workdir, allow_config_change, allow_fresh_start, mesh, preemption):
+    """`train_autoencoder` under the caller's SIGTERM handler; None if a notice arrived before
+    the workdir was touched."""
+    from diffjax.train.builders import build_batches
+    from diffjax.train.lock import lock_workdir
+    from diffjax.train.loop import _Run, _save_preempted, _stop_at_start, config_to_json, run_keys
+    from diffjax.train.writers import MetricWriter
+
+    paths.check_filesystem(workdir)  # a missing gs:// client: one clear error, before work
     spec = autoencoder_spec_from_config(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
     config_json = config_to_json(config)
-    checkpoint.check_resume_config(os.path.join(workdir, "checkpoints"), config_json)
-    _write_run_files(workdir, spec, config_json)
-    tx = make_tx(spec)
-    state, manager = _restore(spec, workdir, mesh, tx)
-    start = int(jax.device_get(state.step))
-    logging.info("autoencoder parameters: %d", param_count(state.params["autoencoder"]))
-    step_fn, keys, writer = make_step(spec, tx, mesh), run_keys(spec.seed), MetricWriter(workdir)
-    batches, history, t_log = build_batches(spec, start), [], time.time()
-    loop = spec.loop
-    for step in range(start, loop.num_steps):
-        batch = {"image": next(batches)["image"]}
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), keys["step"])
-        history.append(metrics)
-        done = step + 1
-        if done % loop.log_every == 0 or done == loop.num_steps:
-            values = _mean_metrics(history)
-            values["steps_per_sec"] = len(history) / max(time.time() - t_log, 1e-9)
-            writer.write(done, values)
-            history, t_log = [], time.time()
-        if loop.saves_at(done):
-            checkpoint.save(manager, done, state, config_json)
-    if hasattr(batches, "close"):
-        batches.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    finish(workdir, spec, state.ema_params, int(jax.device_get(state.step)), keys["sample"])
-    save_loss_curve(os.path.join(workdir, "loss.png"), read_metrics(writer.path))
+    checkpoint.check_resume_config(checkpoint_dir(workdir), config_json, allow_config_change)
+    if preemption.notice:  # one process: a SIGTERM during the build; nothing written yet
+        return None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(lock_workdir(workdir))  # before the first write
+        _write_run_files(workdir, spec, config_json)
+        tx = make_tx(spec)
+        state, manager = _restore(spec, workdir, mesh, tx, allow_fresh_start=allow_fresh_start)
+        stack.callback(manager.close)  # waits for unfinished asynchronous writes
+        start = int(jax.device_get(state.step))
+        if preemption.reached(start):  # a notice during the init or the restore
+            _stop_at_start(start)
+        logging.info("autoencoder parameters: %d", param_count(state.params["autoencoder"]))
+        writer = stack.enter_context(MetricWriter(workdir, resume_step=start))
+        run = _Run(spec, None, workdir, manager, writer, None, run_keys(spec.seed), config_json)
+        step_fn, run.t_log = make_step(spec, tx, mesh), time.time()
+        batches = build_batches(spec, start)
+        stack.callback(getattr(batches, "close", lambda: None))  # stops a prefetch thread
+        for step in range(start, spec.loop.num_steps):
+            batch = {"image": next(batches)["image"]}
+            state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), run.keys["step"])
+            run.history.append(metrics)
+            run.after_step(state, step + 1)  # log; require_finite, then save when due
+            if preemption.reached(step + 1):
+                _save_preempted(run, state, step + 1)
+        run.finish(state)  # checkpoints written, writers closed, loss.png (primary)
+        if parallel.is_primary():  # files only: process 0 alone computes them (lock held)
+            done = int(jax.device_get(state.step))
+            finish(workdir, spec, state.ema_params, done, run.keys["sample"])
     return state
 
 
 def finish(workdir: str, spec, ema_params, step: int, key) -> dict:
-    """Write the reconstruction grid and latent_scale.json of the EMA autoencoder."""
+    """Write the reconstruction grid and latent_scale.json of the EMA autoencoder (files on
+    the primary process only; every process returns the info)."""
     ema_params = jax.device_get(ema_params)
     path = write_grid(workdir, spec, ema_params)
     if path:
@@ -433,11 +471,8 @@ def finish(workdir: str, spec, ema_params, step: int, key) -> dict:
 
 def read_scale(workdir: str) -> dict | None:
     """latent_scale.json of an autoencoder workdir, or None if it has none."""
-    path = os.path.join(workdir, SCALE_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = paths.workdir_path(workdir) / SCALE_FILE
+    return paths.read_json(path) if path.is_file() else None
 
 
 def autoencoder_run(workdir: str):
@@ -463,13 +498,11 @@ def autoencoder_run(workdir: str):
 def load_autoencoder(workdir: str, mesh=None, step: int | None = None):
     """(spec, EMA autoencoder params, step) of the newest checkpoint in `workdir` (or of
     checkpoint `step`), read-only."""
-    from diffjax.train.workdir import CHECKPOINT_DIR
-
     spec, _ = autoencoder_run(workdir)
     mesh = parallel.make_mesh() if mesh is None else mesh
     abstract = jax.eval_shape(lambda k: _init_fn(spec)(k)["autoencoder"], jax.random.PRNGKey(0))
     params, step = checkpoint.restore_ema(
-        os.path.join(workdir, CHECKPOINT_DIR), abstract, parallel.replicated(mesh), step
+        checkpoint_dir(workdir), abstract, parallel.replicated(mesh), step
     )
     return spec, params, step
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -23,6 +22,8 @@ import numpy as np
 import optax
 from flax import serialization
 
+from diffjax import parallel
+from diffjax.train import paths
 from diffjax.typing import Array, ArrayLike, PRNGKey, PyTree
 
 PARAMS_FILE = "classifier.msgpack"
@@ -149,29 +150,27 @@ def _fingerprint(x: Array, labels: Array, config: dict) -> str:
 
 
 def load_classifier(workdir: str, fingerprint: str | None = None) -> PyTree | None:
-    """Params cached in `workdir` (None if absent, or if `fingerprint` is given and differs)."""
-    meta_path, params_path = os.path.join(workdir, META_FILE), os.path.join(workdir, PARAMS_FILE)
-    if not (os.path.exists(meta_path) and os.path.exists(params_path)):
+    """Params cached in `workdir` (None if absent, or if `fingerprint` is given and differs);
+    any filesystem of `diffjax.train.paths`."""
+    root = paths.workdir_path(workdir)
+    meta_path, params_path = root / META_FILE, root / PARAMS_FILE
+    if not (meta_path.exists() and params_path.exists()):
         return None
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = paths.read_json(meta_path)
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         return None
-    with open(params_path, "rb") as f:
-        params = serialization.msgpack_restore(f.read())
+    params = serialization.msgpack_restore(params_path.read_bytes())
     return jax.tree.map(jnp.asarray, params)
 
 
 def _save(workdir: str, params: PyTree, meta: dict) -> None:
-    """Write params then metadata, each atomically (a crash never leaves a half-written cache)."""
-    os.makedirs(workdir, exist_ok=True)
-    blobs = [(PARAMS_FILE, serialization.msgpack_serialize(jax.device_get(params)))]
-    blobs.append((META_FILE, json.dumps(meta, indent=2).encode()))
-    for name, blob in blobs:
-        tmp = os.path.join(workdir, name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, os.path.join(workdir, name))
+    """Write params then metadata, each atomically (a crash never leaves a half-written cache:
+    the params through a temporary name renamed into place, the metadata by `write_json`)."""
+    root = paths.workdir_path(workdir)
+    tmp = root / f".{PARAMS_FILE}.tmp"
+    paths.write_bytes_file(tmp, serialization.msgpack_serialize(jax.device_get(params)))
+    tmp.replace(root / PARAMS_FILE)
+    paths.write_json(root / META_FILE, meta)
 
 
 def train_classifier(
@@ -201,7 +200,8 @@ def train_classifier(
       steps, batch_size, learning_rate: AdamW with cosine decay; 200 steps of 64 reached 0.98
         held-out accuracy on sklearn's 8x8 digits (1400 / 397 split) on CPU.
       widths, hidden: conv widths and the feature dimension F.
-      workdir: directory of the cache (classifier.msgpack, classifier.json); None: no cache.
+      workdir: directory of the cache (classifier.msgpack, classifier.json; written by the
+        primary process only); None: no cache.
     Returns:
       params (a flax variables dict) for `classifier_features` and `classifier_logits`.
     """
@@ -229,5 +229,6 @@ def train_classifier(
             final_loss=float(losses[-1]),
             train_accuracy=classifier_accuracy(params, x, labels),
         )
-        _save(workdir, params, meta)
+        if parallel.is_primary():
+            _save(workdir, params, meta)
     return params

@@ -25,6 +25,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import jax
@@ -32,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffjax import guidance
+from diffjax import guidance, parallel
 from diffjax.editing import check_strength, ddim_invert, ddim_reconstruct, sdedit
 from diffjax.inpaint import inpaint
 from diffjax.samplers import sample
+from diffjax.train import paths
 from diffjax.train.writers import save_image_grid
 
 
@@ -120,7 +122,7 @@ def load_run(workdir: str):
     `PixelRun`; both read-only."""
     from diffjax.train import latent
 
-    if not os.path.exists(os.path.join(workdir, latent.LATENT_INFO_FILE)):
+    if not (paths.workdir_path(workdir) / latent.LATENT_INFO_FILE).exists():
         return PixelRun(workdir)
     return latent.load_latent_run(workdir)
 
@@ -136,10 +138,11 @@ def read_png(path: str, shape: tuple[int, ...], flag: str) -> np.ndarray:
     size and the expected size otherwise."""
     from PIL import Image
 
-    if not os.path.isfile(path):
+    file = paths.workdir_path(path)  # any filesystem of the path layer
+    if not file.is_file():
         raise ValueError(f"{flag}={path}: no such file")
     try:
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(file.read_bytes()))
         img.load()
     except Exception as err:  # Pillow raises several types for bad files
         raise ValueError(f"{flag}={path}: cannot read the image ({err})") from err
@@ -248,8 +251,7 @@ def run_request(workdir: str, req: EditRequest, run=None) -> dict:
     model = bound_model(run, cond, uncond, scale)
     key = jax.random.PRNGKey(req.seed)
     shape = (n, *run.latent_shape)
-    out = req.out or workdir
-    os.makedirs(out, exist_ok=True)
+    out = paths.workdir_path(req.out or workdir)  # written by the primary process only
     result: dict = {"step": int(run.step), "guidance_scale": float(scale)}
     kind = run.prediction
     if req.invert:
@@ -267,14 +269,17 @@ def run_request(workdir: str, req: EditRequest, run=None) -> dict:
                    prediction=kind, **options)  # fmt: skip
         stem = "prompt" if prompts else "samples"
     images = np.asarray(run.decode(z))
-    stem = os.path.join(out, f"{stem}_{solver}_{steps}")
-    save_image_grid(stem + ".png", images, run.value_range, cols=req.num)
+    stem = os.fspath(out / f"{stem}_{solver}_{steps}")
     extra = {"prompts": np.array(prompts)} if prompts else {}
     if req.negative_prompt is not None:
         extra["negative_prompt"] = np.array(req.negative_prompt)
     if known_mask is not None:
         extra["latent_mask"] = known_mask
-    np.savez(stem + ".npz", samples=images, latents=np.asarray(z), step=int(run.step), **extra)
+    if parallel.is_primary():
+        save_image_grid(stem + ".png", images, run.value_range, cols=req.num)
+        paths.write_npz(
+            stem + ".npz", samples=images, latents=np.asarray(z), step=int(run.step), **extra
+        )
     return {**result, "png": stem + ".png", "npz": stem + ".npz"}
 
 
@@ -299,10 +304,11 @@ def _invert(run, model, z0, image, solver, steps, req, out, result) -> dict:
         "value_range": [lo, hi],
         "nfe": int(info["nfe"]) * 2,
     }
-    stem = os.path.join(out, f"invert_ddim_{len(info['ts']) - 1}")
-    save_image_grid(stem + ".png", np.concatenate([np.asarray(image), ref, rec]), run.value_range,
-                    cols=3)  # fmt: skip
-    np.savez(stem + ".npz", noise=np.asarray(noise), reconstruction=rec,
-             latents=np.asarray(z_rec), step=int(run.step), **{k: v for k, v in err.items()
-                                                               if k != "value_range"})  # fmt: skip
+    stem = os.fspath(out / f"invert_ddim_{len(info['ts']) - 1}")
+    if parallel.is_primary():
+        grid = np.concatenate([np.asarray(image), ref, rec])
+        save_image_grid(stem + ".png", grid, run.value_range, cols=3)
+        scalars = {k: v for k, v in err.items() if k != "value_range"}
+        paths.write_npz(stem + ".npz", noise=np.asarray(noise), reconstruction=rec,
+                        latents=np.asarray(z_rec), step=int(run.step), **scalars)  # fmt: skip
     return {**result, **err, "png": stem + ".png", "npz": stem + ".npz"}

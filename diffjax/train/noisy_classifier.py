@@ -12,8 +12,6 @@ only the model (`diffjax.models.classifier.NoisyClassifier`) and the loss differ
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -114,6 +112,10 @@ def classifier_spec_from_config(config, example: spec_lib.ExampleSpec | None = N
     spec_lib._check_optim(optim, ema, cond)
     loop = spec_lib._section(spec_lib.LoopSpec, config.train, "train")
     spec_lib._check_loop(loop)
+    # the diffusion loop runs this task's steps (grad_accum, steps_per_call and nonfinite apply);
+    # its classifier is built here, not by spec.build_model, so the compute dtype would not
+    spec_lib._check(loop.compute_dtype == "float32", "train.compute_dtype", loop.compute_dtype,
+                    "'float32' for a task='classifier' run")  # fmt: skip
     process_options = spec_lib._options(config.process.get("kwargs"), "process.kwargs")
     try:
         process = get_process(str(config.process.name), **process_options)
@@ -143,24 +145,54 @@ def classifier_spec_from_config(config, example: spec_lib.ExampleSpec | None = N
     )
 
 
-def train_noisy_classifier(config, workdir: str):
+def train_noisy_classifier(
+    config,
+    workdir: str,
+    *,
+    allow_config_change: tuple[str, ...] = (),
+    allow_fresh_start: bool = False,
+):
     """Train (or resume) a classifier run in `workdir`; the 'classifier' task of launch/train.py.
-    Writes config.json and run_info.json like a diffusion run. Returns the final TrainState."""
-    from diffjax import parallel
-    from diffjax.train.builders import build_batches, build_model_components
-    from diffjax.train.loop import config_to_json, run_training
-    from diffjax.train.workdir import CONFIG_FILE, write_run_info
+    Writes config.json and run_info.json like a diffusion run. Returns the final TrainState.
 
+    The rules of `loop.train_and_evaluate`: a resumed run's config must equal the stored one
+    outside `checkpoint.RESUMABLE_FIELDS` and `allow_config_change` (else ConfigMismatchError,
+    before any write); the workdir lock is taken before the first write; `run_training` then
+    resumes (`allow_fresh_start`), stops at SIGTERM with a checkpoint (parallel.Preempted) and
+    never saves a NaN/inf state.
+    """
+    from diffjax import parallel
+
+    with parallel.PreemptionWatch() as preemption:  # covers the start-up too
+        return _train(config, workdir, allow_config_change, allow_fresh_start, preemption)
+
+
+def _train(config, workdir, allow_config_change, allow_fresh_start, preemption):
+    """`train_noisy_classifier` under the caller's SIGTERM handler (`train_and_evaluate`'s
+    steps for a diffusion run)."""
+    from diffjax import parallel
+    from diffjax.train import checkpoint, paths
+    from diffjax.train.builders import build_batches, build_model_components
+    from diffjax.train.lock import lock_workdir
+    from diffjax.train.loop import _stop_at_start, checkpoint_dir, config_to_json, run_training
+    from diffjax.train.workdir import CONFIG_FILE, write_run_info, write_workdir_json
+
+    paths.check_filesystem(workdir)  # a missing gs:// client: one clear error, before work
     spec = classifier_spec_from_config(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(spec.batch_size, mesh.size)
-    os.makedirs(workdir, exist_ok=True)
     config_json = config_to_json(config)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump(config_json, f, indent=2)
+    checkpoint.check_resume_config(checkpoint_dir(workdir), config_json, allow_config_change)
     c = build_model_components(spec, batches=lambda start: build_batches(spec, start))
-    write_run_info(workdir, c)
-    return run_training(spec, c, workdir, config_json, mesh)
+    if preemption.notice:  # one process: a SIGTERM during the build; nothing written yet
+        _stop_at_start(checkpoint.stored_config(checkpoint_dir(workdir))[1] or 0)
+    with lock_workdir(workdir):  # before the first write: a second run changes nothing
+        write_workdir_json(workdir, CONFIG_FILE, config_json)  # primary process only
+        write_run_info(workdir, c)
+        return run_training(
+            spec, c, workdir, config_json, mesh, allow_fresh_start=allow_fresh_start,
+            lock=False, preemption=preemption,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +229,8 @@ def load_noisy_classifier(workdir: str, mesh=None) -> NoisyClassifierRun:
     from diffjax.models import bind
     from diffjax.train import checkpoint
     from diffjax.train.builders import make_init
-    from diffjax.train.workdir import CHECKPOINT_DIR, RUN_INFO_FILE, _read_json, load_config
+    from diffjax.train.loop import checkpoint_dir
+    from diffjax.train.workdir import RUN_INFO_FILE, _read_json, load_config
 
     config = load_config(workdir)
     task = str(config.get("task", "diffusion"))
@@ -212,7 +245,7 @@ def load_noisy_classifier(workdir: str, mesh=None) -> NoisyClassifierRun:
     mesh = parallel.make_mesh() if mesh is None else mesh
     abstract = jax.eval_shape(make_init(spec.model, example.shape, True), jax.random.PRNGKey(0))
     params, step = checkpoint.restore_ema(
-        os.path.join(workdir, CHECKPOINT_DIR), abstract, parallel.replicated(mesh)
+        checkpoint_dir(workdir), abstract, parallel.replicated(mesh)
     )
     return NoisyClassifierRun(spec, bind(spec.model, {"params": params}), step)
 

@@ -21,18 +21,17 @@ def generate_pairs(
 ) -> dict:
     """Write `num` reflow pairs of the EMA flow in `teacher_workdir` (read-only) to `out` as
     `NpzChunkWriter` chunks, the solve sharded over every local device; also `out/pairs_info.
-    json` (what made them). Returns that info dict.
+    json` (what made them). Files go through `diffjax.train.paths` and are written by the
+    primary process only. Returns that info dict.
 
     Raises: ValueError for a teacher that is not a rectified flow, or a chunk size that does
       not divide over the devices.
     """
-    import json
-    import os
-
     import jax
 
     from diffjax import parallel, reflow
     from diffjax.models import bind
+    from diffjax.train import paths
     from diffjax.train.workdir import load_trained
 
     mesh = parallel.make_mesh()
@@ -46,13 +45,13 @@ def generate_pairs(
     reflow.make_pairs(
         jax.random.PRNGKey(seed), model, spec.process, num, tuple(spec.example.shape),
         solver=solver, steps=steps, chunk_size=chunk_size, prediction=spec.prediction,
-        writer=NpzChunkWriter(out), sharding=parallel.data_sharding(mesh),
+        writer=NpzChunkWriter(paths.workdir_path(out)), sharding=parallel.data_sharding(mesh),
     )  # fmt: skip
     info = {
-        "teacher_workdir": os.path.abspath(teacher_workdir), "teacher_step": int(trained.step),
+        "teacher_workdir": paths.absolute(teacher_workdir), "teacher_step": int(trained.step),
         "num": int(num), "solver": solver, "steps": int(steps), "chunk_size": int(chunk_size),
         "seed": int(seed), "shape": list(spec.example.shape),
     }  # fmt: skip
-    with open(os.path.join(out, "pairs_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    if parallel.is_primary():
+        paths.write_json(paths.workdir_path(out) / "pairs_info.json", info)
     return info
