@@ -16,6 +16,18 @@ Diffusion v1's widths: ch 320, ch_mult (1, 2, 4, 4), attention at 32/16/8, and i
 schedule; unconditional, on an image folder: one argument away, for an accelerator; the caption
 source here composes digits and garments only); quicktest.
 
+ldm256's U-Net has 641,918,084 parameters (jax.eval_shape of its init). Stable Diffusion v1's
+U-Net (859.52M, exactly 859,520,964) differs in three ways, each counted exactly in
+tests/test_latent_eval.py: it cross-attends to 768-wide CLIP token states in its 16 transformer
+blocks (ours with context_dim=768: 809,984,324), its feed-forward is GEGLU (c -> 8c -> gate ->
+c: 4c^2 + 4c more per block of width c) and its q, k, v projections have no bias (6c fewer):
+809,984,324 + sum(4c^2 - 2c) over the blocks = 859,520,964, SD's count to the parameter.
+
+Sampling and evaluation (launch/sample.py, launch/evaluate.py) decode: latents are drawn and
+decoded by the autoencoder checkpoint pinned in the run's latent_info.json, so grids, .npz
+samples and FD / classifier FD / FID are of images; a caption run's statistics compare with
+real compositions of its caption source, the samples drawn for their captions.
+
 Tokenizer: word-level, built from every caption the templates can produce
 (diffjax.data.text.WordTokenizer): words outside the vocabulary map to <unk>, a prompt longer
 than the context length (the longest caption, with <bos>/<eos>) is a ValueError.

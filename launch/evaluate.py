@@ -11,6 +11,14 @@ Wasserstein and MMD. `--elbo_num` adds the exact discrete DDPM bound in bits/dim
 `--straightness_num` Liu et al.'s straightness S and the transport cost E||z - x0||^2 (with
 standard errors) of a rectified flow; `--reference_data=digits` compares with that data
 source instead of the run's own (for runs trained on reflow pairs).
+
+A latent run (config.autoencoder.workdir set; its latent_info.json pins the autoencoder
+checkpoint and scale factor) is sampled in latent space and decoded, so every statistic compares
+decoded images with real images of its data set; a caption run compares with the real
+compositions of its caption source, each sample drawn for the caption of one of them
+(diffjax/train/evaluate.py). The likelihood bounds (--bpd_num, --elbo_num, --variance_*) are
+not defined for latent runs (they would bound latents, not images) and are refused there.
+Files are written by the primary process only, through diffjax/train/paths.py.
 """
 
 import os
@@ -25,10 +33,10 @@ import json  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from diffjax import parallel  # noqa: E402
 from diffjax.losses.reflow import check_rectified_flow  # noqa: E402
-from diffjax.train import evaluate, paths  # noqa: E402
+from diffjax.train import evaluate, latent, paths  # noqa: E402
 from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
-from diffjax.train.workdir import load_trained  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir with checkpoints")
 _SOLVERS = flags.DEFINE_string("solvers", "ddim:10,ddim:50", "comma-separated solver:steps")
@@ -90,10 +98,11 @@ def _adherence_report():
         data_dir=_ADH_DATA_DIR.value, steps=_ADH_STEPS.value, seed=_SEED.value,
     )  # fmt: skip
     print(adherence.format_report(report))
-    out = _ADH_CACHE.value or _WORKDIR.value
-    path = os.path.join(out, f"adherence_{report['step']:07d}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    out = paths.workdir_path(_ADH_CACHE.value or _WORKDIR.value)
+    path = out / f"adherence_{report['step']:07d}.json"
+    if parallel.is_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        paths.write_json(path, report)
     print(path)
 
 
@@ -105,9 +114,19 @@ def main(argv):
     if _ADHERENCE.value > 0:
         return _adherence_report()
     pairs = evaluate.parse_solvers(_SOLVERS.value)
-    spec, c, state = load_trained(_WORKDIR.value)
+    spec, c, state, run = latent.load_for_sampling(_WORKDIR.value)
     if _STRAIGHT.value:  # before any sampling: a non-flow run fails fast
         check_rectified_flow(c.process, "--straightness_num")
+    if run is not None:
+        refused = [f"--{f.name}" for f in (_BPD_NUM, _ELBO_NUM, _VARIANCE_NUM, _VARIANCE_STEPS)
+                   if f.value]  # fmt: skip
+        if _REFERENCE.value is not None:
+            refused.append("--reference_data")
+        if refused:
+            raise app.UsageError(
+                f"{refused} are not defined for the latent / caption run {_WORKDIR.value!r} "
+                "(its model is of latents; the sample rows compare decoded images)"
+            )
     if _REFERENCE.value is not None:
         data = dataclasses.replace(spec.data, name=_REFERENCE.value, data_dir=None)
         spec = dataclasses.replace(spec, data=data)
@@ -116,8 +135,16 @@ def main(argv):
     result = {
         "step": int(state.step),
         "rows": evaluate.evaluate_solvers(
-            sample_key, spec, c, state, pairs, _NUM.value, _INCEPTION.value, _WORKDIR.value
-        ),
+            sample_key,
+            spec,
+            c,
+            state,
+            pairs,
+            _NUM.value,
+            _INCEPTION.value,
+            _WORKDIR.value,
+            run=run,
+        ),  # fmt: skip
     }
     if _BPD_NUM.value > 0:
         result["likelihood"] = evaluate.likelihood_bits_per_dim(
@@ -136,8 +163,9 @@ def main(argv):
     for name in ("likelihood", "elbo", "straightness", "variance_bpd", "variance_rows"):
         if name in result:
             print(f"{name}:", json.dumps(result[name]))
-    path = os.path.join(_WORKDIR.value, f"eval_{result['step']:07d}.json")
-    paths.write_json(path, result)  # any filesystem of the workdir
+    path = paths.workdir_path(_WORKDIR.value) / f"eval_{result['step']:07d}.json"
+    if parallel.is_primary():
+        paths.write_json(path, result)  # any filesystem of the workdir
     print(path)
 
 

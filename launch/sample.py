@@ -10,6 +10,15 @@ Prompts and editing (pixel and latent runs; conventions in diffjax/train/edit_sa
   python launch/sample.py --workdir=workdirs/ldm_pairs --prompt="a seven to the left of a two" \
       --prompt="one then four" --negative_prompt="three then three" --guidance_scale=3 --num=8
   ... --init_image=in.png --strength=0.5 (SDEdit) | --mask=mask.png (white = keep) | --invert
+
+Latent runs (config.autoencoder.workdir set): latents are sampled and DECODED by the frozen
+autoencoder checkpoint pinned in the run's latent_info.json (with the scale factor it trained
+with), so the grid and the .npz 'samples' are images [N, H, W, C], not latents. A caption run
+without --prompt draws the training grid's captions (diffjax.train.latent.grid_captions; the
+.npz holds them as 'captions') at the config's guidance scale (or --guidance_scale).
+
+Every process samples; only the primary one writes (through diffjax/train/paths.py, so --out
+may be any filesystem the path layer knows).
 """
 
 import os
@@ -25,9 +34,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from diffjax.train import learned_variance, paths  # noqa: E402
+from diffjax import parallel  # noqa: E402
+from diffjax.samplers.api import carried_options  # noqa: E402
+from diffjax.train import latent, learned_variance, paths  # noqa: E402
 from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
-from diffjax.train.sampling import grid_labels, make_sampler, write_samples  # noqa: E402
+from diffjax.train.sampling import (  # noqa: E402
+    grid_labels,
+    make_sampler,
+    write_sample_files,
+    write_samples,
+)
 from diffjax.train.spec import consistency_sampling  # noqa: E402
 from diffjax.train.workdir import load_trained  # noqa: E402
 
@@ -99,8 +115,9 @@ def sample_spec(spec):
     changes = {"num": _NUM.value}
     if _SOLVER.value is not None:
         changes["solver"] = _SOLVER.value
-        if _SOLVER.value != spec.sample.solver:
-            changes["kwargs"] = {}  # the config's solver options belong to its own solver
+        # the config's solver options belong to its own solver, except the model's (clip_x0,
+        # learned_variance, t_min/t_max, ...: diffjax.samplers.api.carried_options)
+        changes["kwargs"] = carried_options(spec.sample.kwargs, spec.sample.solver, _SOLVER.value)
     if _STEPS.value is not None:
         changes["steps"] = _STEPS.value
     if _GUIDANCE.value is not None:
@@ -137,6 +154,11 @@ def _sample_text_edit():
               f"{result['pixel_rmse_vs_input']:.4g}")  # fmt: skip
 
 
+def output_stem(name: str, default_out: str) -> str:
+    """`<--out or default_out>/<name>` as a path-layer string (local or remote)."""
+    return str(paths.workdir_path(_OUT.value or default_out) / name)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -144,12 +166,12 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/diffjax-jax"))
     if _text_edit_requested():
         return _sample_text_edit()
-    spec, c, state = load_trained(_WORKDIR.value)
+    spec, c, state, run = latent.load_for_sampling(_WORKDIR.value)
     sspec = learned_variance.sample_options(spec, sample_spec(spec), _VARIANCE.value)
     if _CLS_WORKDIR.value is not None or _INTERPOLATE.value:
-        return _sample_d2(spec, c, state, sspec)
+        return _sample_d2(spec, c, state, sspec, latent_run=run)
     if _SR_WORKDIR.value is not None:
-        return _sample_cascade(spec, c, state, sspec)
+        return _sample_cascade(spec, c, state, sspec, run)
     labels = grid_labels(sspec.num, spec.cond)
     if _LABEL.value is not None:
         if not spec.cond.class_conditional or not 0 <= _LABEL.value < spec.cond.num_classes:
@@ -159,14 +181,17 @@ def main(argv):
                 f"{spec.cond.class_conditional}"
             )
         labels = jnp.full((sspec.num,), _LABEL.value, jnp.int32)
-    sampler = make_sampler(c, sspec, spec.cond, spec.prediction, sspec.num, labels)
-    samples = np.asarray(sampler(state.ema_params, jax.random.PRNGKey(_SEED.value)))
-    out = _OUT.value or _WORKDIR.value
-    stem = os.path.join(out, f"samples_{sspec.solver}_{sspec.steps}")
-    cols = spec.cond.num_classes if labels is not None and _LABEL.value is None else None
-    write_samples(stem + ".png", samples, c, cols)
     extra = {} if labels is None else {"labels": np.asarray(labels)}
-    paths.write_npz(stem + ".npz", samples=samples, step=int(state.step), **extra)
+    if run is None:
+        sampler = make_sampler(c, sspec, spec.cond, spec.prediction, sspec.num, labels)
+    else:  # latents decoded by the pinned autoencoder; a caption run: the grid's captions
+        sampler = run.sampler(sspec, sspec.num, labels)
+        if run.text is not None:
+            extra["captions"] = np.asarray(latent.grid_captions(sspec.num, run.text))
+    samples = np.asarray(sampler(state.ema_params, jax.random.PRNGKey(_SEED.value)))
+    stem = output_stem(f"samples_{sspec.solver}_{sspec.steps}", _WORKDIR.value)
+    cols = spec.cond.num_classes if labels is not None and _LABEL.value is None else None
+    write_sample_files(stem, samples, c, cols, step=int(state.step), **extra)
     logging.info("wrote %s.png and %s.npz (step %d)", stem, stem, int(state.step))
     print(f"{stem}.png\n{stem}.npz")
 
@@ -177,9 +202,10 @@ STOCHASTIC_SOLVERS = (
 )  # fmt: skip
 
 
-def _sample_d2(spec, c, state, sspec):
+def _sample_d2(spec, c, state, sspec, latent_run=None):
     """--classifier_workdir (classifier guidance, any solver) and/or --interpolate (DDIM
-    interpolation between slerped noises); writes `<out>/samples_<kind>_<solver>_<steps>`."""
+    interpolation between slerped noises); writes `<out>/samples_<kind>_<solver>_<steps>`.
+    A latent run's samples (latents) are decoded by `latent_run` before they are written."""
     from diffjax.interpolate import interpolation_noises
     from diffjax.samplers import sample
     from diffjax.train import noisy_classifier as nc
@@ -226,19 +252,17 @@ def _sample_d2(spec, c, state, sspec):
         samples = sample(key, model, c.process, x_init.shape, solver=sspec.solver,
                          steps=sspec.steps or None, prediction=spec.prediction, x_init=x_init,
                          **dict(sspec.kwargs))  # fmt: skip
-    samples = np.asarray(samples)
-    out = _OUT.value or _WORKDIR.value
-    stem = os.path.join(out, f"samples_{kind}_{sspec.solver}_{sspec.steps}")
+    samples = np.asarray(samples if latent_run is None else latent_run.decode(samples))
+    stem = output_stem(f"samples_{kind}_{sspec.solver}_{sspec.steps}", _WORKDIR.value)
     cols = _INTERPOLATE.value or (classes if _LABEL.value is None and classes else None)
-    write_samples(stem + ".png", samples, c, cols)
     extra = {} if labels is None else {"labels": np.asarray(labels)}
     if run is not None:
         extra["classifier_scale"] = _CLS_SCALE.value
-    np.savez(stem + ".npz", samples=samples, step=int(state.step), **extra)
+    write_sample_files(stem, samples, c, cols, step=int(state.step), **extra)
     print(f"{stem}.png\n{stem}.npz")
 
 
-def _sample_cascade(spec, c, state, sspec):
+def _sample_cascade(spec, c, state, sspec, run=None):
     """--sr_workdir: base samples from --workdir, then the SR stage conditioned on them
     (augmented at --aug_level). Writes `<out>/cascade_<solver>_<steps>_base.png`, `..._sr.png`
     and `.npz` ('base' [N, h, h, C], 'sr' [N, H, H, C]); --out defaults to the SR workdir."""
@@ -252,7 +276,7 @@ def _sample_cascade(spec, c, state, sspec):
             f"--sr_workdir={_SR_WORKDIR.value!r} is not an SR stage (its config.cascade.low_res "
             "is None); train one with experiments/cascade.py:stage=sr"
         )
-    base_shape = tuple(c.example_shape)
+    base_shape = tuple(c.example_shape) if run is None else tuple(run.image_shape)
     want = (sr.low_res, sr.low_res, sr_spec.example.shape[-1])
     if base_shape != want:
         raise app.UsageError(
@@ -266,7 +290,10 @@ def _sample_cascade(spec, c, state, sspec):
     if _LABEL.value is not None and labels is not None:
         labels = jnp.full((sspec.num,), _LABEL.value, jnp.int32)
     base_key, sr_key = jax.random.split(jax.random.PRNGKey(_SEED.value))
-    sampler = make_sampler(c, sspec, spec.cond, spec.prediction, sspec.num, labels)
+    if run is None:
+        sampler = make_sampler(c, sspec, spec.cond, spec.prediction, sspec.num, labels)
+    else:  # a latent base: its decoded images
+        sampler = run.sampler(sspec, sspec.num, labels)
     base = np.asarray(sampler(state.ema_params, base_key))
     steps = sr_spec.sample.steps if _SR_STEPS.value is None else _SR_STEPS.value
     high = super_resolve(
@@ -276,13 +303,13 @@ def _sample_cascade(spec, c, state, sspec):
         prediction=sr_spec.prediction, **dict(sr_spec.sample.kwargs),
     )  # fmt: skip
     high = np.asarray(high)
-    out = _OUT.value or _SR_WORKDIR.value
-    stem = os.path.join(out, f"cascade_{sspec.solver}_{sspec.steps}")
-    write_samples(stem + "_base.png", base, c)
-    write_samples(stem + "_sr.png", high, sr_c)
+    stem = output_stem(f"cascade_{sspec.solver}_{sspec.steps}", _SR_WORKDIR.value)
     extra = {} if labels is None else {"labels": np.asarray(labels)}
-    np.savez(stem + ".npz", base=base, sr=high, aug_level=_AUG_LEVEL.value,
-             base_step=int(state.step), sr_step=int(sr_state.step), **extra)  # fmt: skip
+    if parallel.is_primary():
+        write_samples(stem + "_base.png", base, c)
+        write_samples(stem + "_sr.png", high, sr_c)
+        paths.write_npz(stem + ".npz", base=base, sr=high, aug_level=_AUG_LEVEL.value,
+                        base_step=int(state.step), sr_step=int(sr_state.step), **extra)  # fmt: skip
     print(f"{stem}_base.png\n{stem}_sr.png\n{stem}.npz")
 
 

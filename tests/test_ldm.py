@@ -25,7 +25,8 @@ from tests.test_autoencoder_train import ae_config, load_experiment, synthetic_i
 
 # Every test here needs a trained autoencoder workdir (the module fixture trains one for one
 # step, then a 2-step LDM): 63 s of fixtures and up to 69 s per test measured on 2 shared cores
-# at load 6-9, so the module is in the slow suite (-m slow).
+# at load 6-9, so the module is in the slow suite (-m slow). The default suite trains, resumes,
+# samples (decoded) and evaluates the same quicktests in tests/test_latent_eval.py.
 pytestmark = pytest.mark.slow
 
 

@@ -380,3 +380,18 @@ def test_learned_variance_errors(monkeypatch):
     )
     with pytest.raises(ValueError, match="solver 'raw_ddim' cannot sample a learned-variance"):
         sample(KEY, learned, VP, (4, 2), solver="raw_ddim", steps=3, learned_variance=True)
+
+
+def test_carried_options_keep_the_model_options_and_drop_the_solver_ones():
+    """A run configured for ddpm (variance, clip) asked for ddim keeps the data-range clip and
+    the learned-variance layout, drops ddpm's variance, and the result is accepted by ddim."""
+    from diffjax.samplers.api import _options, carried_options
+
+    run = {"variance": "learned", "clip_x0": (-1.0, 1.0), "learned_variance": True, "t_min": 0.01}
+    assert carried_options(run, "ddpm", "ddpm") == run
+    out = carried_options(run, "ddpm", "ddim")
+    assert out == {"clip_x0": (-1.0, 1.0), "learned_variance": True, "t_min": 0.01}
+    _, opts = _options("ddim", out)  # every carried name is a ddim option
+    assert opts["clip_x0"] == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="variance"):
+        _options("ddim", run)  # what passing the run's options unfiltered would do

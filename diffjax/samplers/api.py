@@ -67,6 +67,25 @@ COMMON_OPTIONS = {
     "use_clipped_model_output": True,
     "dynamic_threshold": None,  # p or (p, max): Saharia et al. (2022) on the x0 prediction
 }
+# The common options that describe the model and its data rather than one solver's steps: a
+# run's solver options keep these when another solver is asked for (`carried_options`).
+MODEL_OPTIONS = (
+    "clip_x0", "dynamic_threshold", "use_clipped_model_output", "learned_variance", "t_min",
+    "t_max", "denoise_final",
+)  # fmt: skip
+
+
+def carried_options(options: dict, from_solver: str, to_solver: str) -> dict:
+    """`options` of `from_solver` as options for `to_solver`: all of them for the same solver;
+    otherwise only MODEL_OPTIONS (a data range clip, the learned-variance layout, the time
+    range), since the rest (eta, order, variance, ...) belong to the solver they were set for.
+    Sampling a cosine-chain model clipped in its config with another solver unclipped would
+    divide by alpha_t ~ 1e-4 near t = 1 and return garbage."""
+    if from_solver == to_solver:
+        return dict(options)
+    return {k: v for k, v in options.items() if k in MODEL_OPTIONS}
+
+
 # Where alpha(1) = 0 (flows, trig) solvers with `needs_alpha` start here unless t_max is given.
 T_MAX_WHERE_ALPHA_VANISHES = 1.0 - 1e-3
 

@@ -3,8 +3,13 @@
 `state` below is anything with `ema_params` (e.g. `workdir.load_trained`'s `Trained`).
 
 For each (solver, steps) pair: draw N samples from the EMA parameters and compare them with N
-data examples. 2-D data: sliced Wasserstein and MMD. Images: FID, KID and precision/recall on
-FID-Inception features when the Inception weights are installed (skipped with a note
+data examples. A latent run (`run`, a `diffjax.train.latent.LatentRun`) is sampled in latent
+space and DECODED by its pinned autoencoder, so every statistic compares decoded images with
+real images of the data set: for a caption run, the real compositions of its caption source
+(`latent.evaluation_examples`), whose captions the samples are conditioned on, with the small
+classifier's features taken on both halves and concatenated (`adherence.split_canvas`).
+2-D data: sliced Wasserstein and MMD. Images: FID, KID and precision/recall on FID-Inception
+features when the Inception weights are installed (skipped with a note
 otherwise), plus a pixel-space sliced Wasserstein that needs nothing. Optionally bits/dim of
 data examples by the probability-flow ODE.
 """
@@ -12,15 +17,17 @@ data examples by the probability-flow ODE.
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 import time
 
 import jax
 import numpy as np
 from absl import logging
 
+from diffjax import parallel
 from diffjax.data import make_iterator
-from diffjax.train import learned_variance
+from diffjax.samplers.api import carried_options
+from diffjax.train import learned_variance, paths
 from diffjax.train.sampling import make_sampler
 from diffjax.train.spec import consistency_sampling
 
@@ -59,24 +66,37 @@ def data_examples(spec, num: int, with_labels: bool = False):
     return x, (None if labels[0] is None else np.concatenate(labels)[:num])
 
 
-def classifier_fn(key, spec, workdir: str, num_train: int = 4000):
+def classifier_fn(
+    key, spec, workdir: str, num_train: int = 4000, layout: str | None = None, **train_options
+):
     """Features of the project's small classifier for one-channel (MNIST-like) image data, the
     Fréchet distance's feature space used for MNIST in the literature; None for other data.
-    The classifier is trained once on labelled training examples and cached in
-    `<workdir>/classifier`."""
+    The classifier is trained once on labelled training examples (single items) and cached in
+    `<workdir>/classifier` (written by the primary process). With a caption `layout`
+    ('wide' | 'square') the features of a composed canvas are those of its two halves
+    (`adherence.split_canvas`), concatenated: [N, 2F]. `train_options` go to
+    `classifier.train_classifier` (steps, batch_size, ...)."""
     from diffjax.train import classifier
 
     images, labels = data_examples(spec, num_train, with_labels=True)
     if images.ndim != 4 or images.shape[-1] != 1 or labels is None:
         return None
-    params = classifier.train_classifier(
-        key, images, labels, workdir=os.path.join(workdir, "classifier")
-    )
+    cache = str(paths.workdir_path(workdir) / "classifier") if parallel.is_primary() else None
+    params = classifier.train_classifier(key, images, labels, workdir=cache, **train_options)
     logging.info(
         "classifier accuracy on its training data: %.3f",
         classifier.classifier_accuracy(params, images, labels),
     )
-    return lambda x: np.asarray(classifier.classifier_features(params, x))
+    features = lambda x: np.asarray(classifier.classifier_features(params, x))  # noqa: E731
+    if layout is None:
+        return features
+    from diffjax.train.adherence import split_canvas
+
+    def halves(x):
+        left, right = split_canvas(x, layout)
+        return np.concatenate([features(left), features(right)], axis=1)
+
+    return halves
 
 
 def inception_fn():
@@ -95,30 +115,58 @@ def inception_fn():
 
 
 def reference_statistics(workdir: str | None, name: str, features, data):
-    """(mu, sigma) of the data features, cached as `<workdir>/<name>_stats_<N>.npz`."""
+    """(mu, sigma) float64 of the data features, cached as `<workdir>/<name>_stats_<N>.npz`
+    through the path layer (any filesystem; written by the primary process only).
+
+    Raises:
+      ValueError: the cache file exists but cannot be read (it is named; delete it to
+        recompute).
+    """
     from diffjax import metrics
 
-    compute = lambda: metrics.feature_statistics(features(data))
+    compute = lambda: metrics.feature_statistics(features(data))  # noqa: E731
     if workdir is None:
         return compute()
-    return metrics.cached_statistics(
-        os.path.join(workdir, f"{name}_stats_{len(data)}.npz"), compute
-    )
+    path = paths.workdir_path(workdir) / f"{name}_stats_{len(data)}.npz"
+    if path.is_file():
+        try:
+            stored = np.load(io.BytesIO(path.read_bytes()))
+            return np.asarray(stored["mu"], np.float64), np.asarray(stored["sigma"], np.float64)
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"cannot read the cached statistics {path}: {err}") from err
+    mu, sigma = (np.asarray(a, np.float64) for a in compute())
+    if parallel.is_primary():
+        paths.write_npz(path, mu=mu, sigma=sigma)
+    return mu, sigma
 
 
-def image_metrics(key, samples, data, features, classifier=None, workdir=None) -> dict:
+def check_same_shape(samples, data, what: str = "samples") -> None:
+    """ValueError unless samples [N, ...] and data [M, ...] have one example shape (e.g. latents
+    of a latent run compared with images would not)."""
+    if np.shape(samples)[1:] != np.shape(data)[1:]:
+        raise ValueError(
+            f"{what} of shape {np.shape(samples)[1:]} cannot be compared with data examples of "
+            f"shape {np.shape(data)[1:]}"
+        )
+
+
+def image_metrics(key, samples, data, features, classifier=None, workdir=None, name="") -> dict:
+    """Pixel sliced Wasserstein, the classifier's Fréchet distance and the Inception metrics of
+    images [N, H, W, C] against data images of the same shape; reference statistics are cached
+    in `workdir` under `<name><feature space>_stats_<N>.npz`."""
     from diffjax import metrics
 
-    flat = lambda x: x.reshape(x.shape[0], -1)
+    check_same_shape(samples, data)
+    flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
     out = {"sw_pixels": float(metrics.sliced_wasserstein(key, flat(samples), flat(data)))}
     if classifier is not None:
-        mu, sigma = reference_statistics(workdir, "classifier", classifier, data)
+        mu, sigma = reference_statistics(workdir, f"{name}classifier", classifier, data)
         out["fd_classifier"] = float(
             metrics.frechet_distance(mu, sigma, *metrics.feature_statistics(classifier(samples)))
         )
     if features is not None:
         fs, fd = features(samples), features(data)
-        mu, sigma = reference_statistics(workdir, "inception", lambda _: fd, data)
+        mu, sigma = reference_statistics(workdir, f"{name}inception", lambda _: fd, data)
         out["fid"] = float(metrics.frechet_distance(mu, sigma, *metrics.feature_statistics(fs)))
         kid_mean, _ = metrics.kid(key, fd, fs, subset_size=min(1000, len(fs)))
         out["kid"] = float(kid_mean)
@@ -130,6 +178,7 @@ def image_metrics(key, samples, data, features, classifier=None, workdir=None) -
 def point_metrics(key, samples, data) -> dict[str, float]:
     from diffjax import metrics
 
+    check_same_shape(samples, data)
     return {
         "sliced_wasserstein": float(metrics.sliced_wasserstein(key, samples, data)),
         "mmd": float(metrics.mmd(samples, data)),
@@ -137,19 +186,40 @@ def point_metrics(key, samples, data) -> dict[str, float]:
 
 
 def evaluate_solvers(
-    key, spec, c, state, pairs, num: int, inception: bool = True, workdir: str | None = None
-) -> list[dict]:
+    key, spec, c, state, pairs, num: int, inception: bool = True, workdir: str | None = None,
+    run=None, classifier_options: dict | None = None,
+) -> list[dict]:  # fmt: skip
     """One row per (solver, steps): metrics, sampling seconds and the settings used.
 
     `inception=False` skips the Inception-feature metrics (slow on CPU: every image is resized
     to 299x299). With a `workdir`, one-channel image data also get the Fréchet distance on the
     features of the project's small classifier, and reference statistics are cached there.
+    `run` (the `latent.LatentRun` of a latent and/or caption run; `spec`, `c`, `state` are
+    then its own): samples are decoded images, compared with real images of the data set (a
+    caption run: real compositions, the samples conditioned on their captions).
+    `classifier_options`: `classifier_fn`'s num_train and training options (tests shrink them).
+
+    Raises:
+      ValueError: the samples' shape differs from the data's (`check_same_shape`).
     """
-    data = data_examples(spec, num)
+    tokens, name, layout = None, "", None
+    if run is not None:
+        from diffjax.train.latent import evaluation_examples
+
+        data, tokens = evaluation_examples(spec, num, seed=0)
+        check_same_shape(data, np.zeros((1, *run.image_shape)), "real examples")
+        if spec.text is not None:  # the caption source's compositions: their own statistics
+            layout = spec.text.layout
+            name = f"{spec.text.captions}_{layout}_"
+    else:
+        data = data_examples(spec, num)
     features = inception_fn() if data.ndim == 4 and inception else None
     classifier = None
     if workdir is not None and data.ndim == 4:
-        classifier = classifier_fn(jax.random.fold_in(key, 20_000), spec, workdir)
+        classifier = classifier_fn(
+            jax.random.fold_in(key, 20_000), spec, workdir, layout=layout,
+            **(classifier_options or {}),
+        )  # fmt: skip
     rows = []
     for i, (solver, steps) in enumerate(pairs):
         sspec = dataclasses.replace(
@@ -157,11 +227,14 @@ def evaluate_solvers(
             solver=solver,
             steps=steps,
             num=num,
-            kwargs=spec.sample.kwargs if solver == spec.sample.solver else {},
+            kwargs=carried_options(spec.sample.kwargs, spec.sample.solver, solver),
         )
         sspec = consistency_sampling(sspec, spec.model)  # a consistency model's sigma range
         sspec = learned_variance.sample_options(spec, sspec)  # [mean | v] models: the mean
-        sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
+        if run is not None:  # decoded images (tokens: the real examples' captions)
+            sampler = run.sampler(sspec, num, tokens=tokens)
+        else:
+            sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
         t0 = time.time()
         samples = np.asarray(sampler(state.ema_params, jax.random.fold_in(key, i)))
         seconds = time.time() - t0
@@ -169,7 +242,7 @@ def evaluate_solvers(
         values = (
             point_metrics(metric_key, samples, data)
             if data.ndim == 2
-            else image_metrics(metric_key, samples, data, features, classifier, workdir)
+            else image_metrics(metric_key, samples, data, features, classifier, workdir, name)
         )
         rows.append({"solver": solver, "steps": steps, "num": num, "seconds": seconds, **values})
         logging.info("%s", rows[-1])

@@ -36,12 +36,17 @@ Reading a trained latent run (read-only; the interface other modules code agains
                       # (diffjax.models.bind) of the EMA params (or `params`); cond = tokens
                       # [B, L] (text), labels [B] (class) or None; context_scale=0 zeroes the
                       # text encoder's output (ablation)
+    run.sampler(sample_spec, num, labels=None, tokens=None) -> (params, key) -> decoded
+                      # images [num, H, W, C] (a text run: tokens [num, L], default the grid's
+                      # captions); what launch/sample.py and launch/evaluate.py draw
     run.grid_captions # the captions of the training-loop grid (text runs)
     run.text, run.layout, run.names   # the TextSpec, 'wide' | 'square', item names (or None)
 
 A caption run without an autoencoder (pixel space) loads the same way, with encode/decode the
 identity and scale_factor 1. A workdir is a latent and/or caption run when it holds
-LATENT_INFO_FILE.
+LATENT_INFO_FILE (`is_latent_workdir`); `load_for_sampling(workdir)` loads any diffusion
+workdir, with the LatentRun of such a run. Files in a workdir are read and written through
+diffjax.train.paths (writes by the primary process only).
 """
 
 from __future__ import annotations
@@ -135,8 +140,10 @@ def latent_spec_from_config(section) -> LatentSpec | None:
                 "is None: name the trained autoencoder's workdir"
             )
         return None
+    from diffjax.train import paths
+
     workdir = os.path.expanduser(str(workdir))
-    if not os.path.isdir(workdir):
+    if not paths.workdir_path(workdir).is_dir():
         raise _bad("autoencoder.workdir", workdir, "the workdir of a task='autoencoder' run")
     ae_spec, stored = autoencoder_run(workdir)
     if scale is None:
@@ -166,17 +173,16 @@ def pin_autoencoder_step(spec, workdir: str):
     Raises:
       ValueError: the configured step contradicts the one the run was trained with.
     """
-    from diffjax.train import checkpoint
+    from diffjax.train import checkpoint, paths
     from diffjax.train.workdir import CHECKPOINT_DIR
 
     lat = spec.latent
     if lat is None:
         return spec
-    path = os.path.join(workdir, LATENT_INFO_FILE)
+    path = paths.workdir_path(workdir) / LATENT_INFO_FILE
     recorded = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            recorded = (json.load(f).get("latent") or {}).get("autoencoder_step")
+    if path.is_file():
+        recorded = (json.loads(path.read_text()).get("latent") or {}).get("autoencoder_step")
     if lat.step is not None and recorded is not None and lat.step != recorded:
         raise ValueError(
             f"config.autoencoder.step = {lat.step} but {workdir!r} was trained against "
@@ -184,7 +190,7 @@ def pin_autoencoder_step(spec, workdir: str):
         )
     step = lat.step if lat.step is not None else recorded
     if step is None:
-        manager = checkpoint.open_read_only(os.path.join(lat.workdir, CHECKPOINT_DIR))
+        manager = checkpoint.open_read_only(str(paths.workdir_path(lat.workdir) / CHECKPOINT_DIR))
         try:
             steps = sorted(manager.all_steps())
         finally:
@@ -464,18 +470,33 @@ def _text_sampler(c, sample_spec, prediction: str, tokens, null):
     return run
 
 
-def make_grid_sampler(spec, ae_params):
-    """A `Components.make_sampler`: the run's sampler (captions of `grid_captions` for a text
-    run), its latents decoded by the frozen autoencoder."""
+def make_grid_sampler(spec, ae_params, tokens=None):
+    """A `Components.make_sampler`: the run's sampler, its latents decoded by the frozen
+    autoencoder (decode(z' / spec.latent.scale_factor)), so it returns images [num, H, W, C].
+
+    A text run samples the caption tokens `tokens` [num, L] (default: the captions of
+    `grid_captions`), with CFG against the null caption at the sample spec's guidance scale.
+
+    Raises:
+      ValueError: `tokens` for a run without text, or not [num, L].
+    """
     from diffjax.train.sampling import make_sampler
+
+    if tokens is not None and spec.text is None:
+        raise ValueError("caption tokens need a text run (config.text.captions); this has none")
 
     def factory(c, sample_spec, cond, prediction, num, labels=None):
         if spec.text is None:
             base = make_sampler(c, sample_spec, cond, prediction, num, labels)
         else:
-            tokens = jnp.asarray(spec.text.tokenizer(grid_captions(num, spec.text)))
+            if tokens is None:
+                toks = jnp.asarray(spec.text.tokenizer(grid_captions(num, spec.text)))
+            else:
+                toks = jnp.asarray(tokens, jnp.int32)
+            if toks.ndim != 2 or toks.shape[0] != num:
+                raise ValueError(f"caption tokens must be [num={num}, L]; got {toks.shape}")
             null = jnp.asarray(spec.text.tokenizer.encode(""))
-            base = _text_sampler(c, sample_spec, prediction, tokens, null)
+            base = _text_sampler(c, sample_spec, prediction, toks, null)
         if spec.latent is None:
             return base
         decode = make_decode(spec.latent)
@@ -484,13 +505,33 @@ def make_grid_sampler(spec, ae_params):
     return factory
 
 
+def evaluation_examples(spec, num: int, seed: int = 0):
+    """(images float32 [num, H, W, C] in [-1, 1], caption tokens int32 [num, L] or None): the
+    real examples a text run's samples are compared with, i.e. `num` compositions of the
+    caption source (`diffjax.data.captions.PairCaptions`, the training set's pairs) drawn
+    uniformly without replacement (with replacement when num exceeds them), and their captions'
+    tokens, which the samples are then conditioned on. For a run without text: the first
+    `num` examples of the data stream (`diffjax.train.evaluate.data_examples`) and None."""
+    if spec.text is None:
+        from diffjax.train.evaluate import data_examples
+
+        return data_examples(spec, num), None
+    fetch, total = _examples(spec)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(total, size=num, replace=num > total)
+    batch = fetch(np.asarray(idx, np.int64))
+    return np.asarray(batch["image"], np.float32), np.asarray(batch["tokens"], np.int32)
+
+
 def write_latent_info(workdir: str, spec) -> None:
     """latent_info.json: the autoencoder, the scale factor used and the tokenizer of a run."""
+    from diffjax.train import paths
+
     info: dict[str, Any] = {"latent": None, "text": None}
     if spec.latent is not None:
         lat = spec.latent
         info["latent"] = {
-            "autoencoder_workdir": os.path.abspath(lat.workdir),
+            "autoencoder_workdir": paths.absolute(lat.workdir),
             "autoencoder_step": lat.step,
             "scale_factor": lat.scale_factor,
             "cache": lat.cache,
@@ -508,11 +549,9 @@ def write_latent_info(workdir: str, spec) -> None:
             "null_tokens": [int(i) for i in tok.encode("")],
             "grid_captions": grid_captions(spec.sample.num, spec.text),
         }
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LATENT_INFO_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(path + ".tmp", path)
+    from diffjax.train.workdir import write_workdir_json
+
+    write_workdir_json(workdir, LATENT_INFO_FILE, info)  # atomic, primary process only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,6 +636,16 @@ class LatentRun:
             return latents
         return self.decode_fn(self.autoencoder_params, latents / self.scale_factor)
 
+    def sampler(self, sample_spec, num: int, labels=None, tokens=None):
+        """(params, key) -> decoded images [num, *image_shape] of `sample_spec`'s solver:
+        latents drawn by `diffjax.train.sampling.make_sampler` (labels [num] of a
+        class-conditional run; default the grid's), or, in a text run, for the caption tokens
+        [num, L] (default: the captions of `grid_captions`, as in the training-loop grid), then
+        decoded by the pinned autoencoder with the run's scale factor. Every process samples
+        (the batch is split over the devices as in `make_sampler`)."""
+        factory = make_grid_sampler(self.spec, self.autoencoder_params, tokens)
+        return factory(self.components, sample_spec, self.spec.cond, self.prediction, num, labels)
+
     def tokenize(self, prompts) -> np.ndarray:
         """Prompts -> int32 [B, L] (unknown words -> <unk>; too many tokens: ValueError)."""
         if self.tokenizer is None:
@@ -640,13 +689,22 @@ def _autoencoder_fns(module):
 
 def read_latent_info(workdir: str) -> dict:
     """latent_info.json of a latent / caption run."""
-    path = os.path.join(workdir, LATENT_INFO_FILE)
-    if not os.path.isfile(path):
+    from diffjax.train import paths
+
+    path = paths.workdir_path(workdir) / LATENT_INFO_FILE
+    if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {workdir!r} is not a latent diffusion or caption run"
         )
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
+
+
+def is_latent_workdir(workdir: str) -> bool:
+    """Whether `workdir` is a latent and/or caption run (it holds LATENT_INFO_FILE): its
+    samples are drawn with `load_latent_run` (decoded, captioned), not `load_trained` alone."""
+    from diffjax.train import paths
+
+    return (paths.workdir_path(workdir) / LATENT_INFO_FILE).is_file()
 
 
 def load_latent_run(workdir: str, mesh=None) -> LatentRun:
@@ -680,6 +738,10 @@ def load_latent_run(workdir: str, mesh=None) -> LatentRun:
             spec.latent.workdir, mesh, stored.get("autoencoder_step")
         )
         scale = float(stored["scale_factor"])
+        # the spec as trained: the pinned checkpoint and the scale factor the run used (a later
+        # latent_scale.json of the autoencoder run changes neither)
+        spec = dataclasses.replace(spec, latent=dataclasses.replace(
+            spec.latent, scale_factor=scale, step=stored.get("autoencoder_step")))  # fmt: skip
         f = spec.latent.module.factor
         h, w, _ = spec.example.shape
         image_shape = (h * f, w * f, spec.latent.image_shape[-1])
@@ -688,3 +750,16 @@ def load_latent_run(workdir: str, mesh=None) -> LatentRun:
         spec, c, trained.step, trained.ema_params, scale, image_shape, ae_params, encode_fn,
         decode_fn,
     )  # fmt: skip
+
+
+def load_for_sampling(workdir: str, mesh=None):
+    """(spec, components, Trained, run) of any trained diffusion workdir, read-only: `run` is
+    the `LatentRun` of a latent and/or caption run (sample with `run.sampler`, which decodes
+    and captions; spec, components and Trained are then the run's own), else None (sample
+    with `diffjax.train.sampling.make_sampler`; `workdir.load_trained`)."""
+    from diffjax.train.workdir import Trained, load_trained
+
+    if is_latent_workdir(workdir):
+        run = load_latent_run(workdir, mesh)
+        return run.spec, run.components, Trained(ema_params=run.ema_params, step=run.step), run
+    return (*load_trained(workdir, mesh), None)

@@ -129,3 +129,14 @@ def write_samples(path: str, samples: np.ndarray, c: Components, cols: int | Non
     if samples.ndim == 2 and samples.shape[1] == 2:
         return save_points_plot(path, samples, c.reference)
     raise ValueError(f"cannot draw samples of shape {samples.shape}; expected [N,H,W,C] or [N,2]")
+
+
+def write_sample_files(stem: str, samples: np.ndarray, c: Components, cols=None, **arrays) -> None:
+    """`<stem>.png` (`write_samples`) and `<stem>.npz` ('samples' and `arrays`) through the path
+    layer (any filesystem), by the primary process only: every process samples the whole batch
+    (`make_sampler` gathers it), one writes it."""
+    from diffjax.train import paths
+
+    if parallel.is_primary():
+        write_samples(stem + ".png", samples, c, cols)
+        paths.write_npz(stem + ".npz", samples=np.asarray(samples), **arrays)

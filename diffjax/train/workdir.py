@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 
 import jax
 import ml_collections
@@ -102,14 +101,14 @@ def load_trained(workdir: str, mesh=None) -> tuple[TrainSpec, Components, Traine
     c = build_model_components(spec)
     c.value_range = tuple(info["value_range"])
     abstract = jax.eval_shape(c.init_params, jax.random.PRNGKey(0))  # shapes and dtypes only
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    directory = str(paths.workdir_path(workdir) / CHECKPOINT_DIR)
     # config.json may have been rewritten by a later (aborted or changed) run: the network's
     # fields must agree with the config stored in the newest checkpoint (nothing is moved)
     stored_check = functools.partial(
         checkpoint.check_model_config,
         directory,
         _read_json(workdir, CONFIG_FILE),
-        os.path.join(workdir, CONFIG_FILE),
+        str(paths.workdir_path(workdir) / CONFIG_FILE),
     )
     try:
         ema_params, step = checkpoint.restore_ema(directory, abstract, parallel.replicated(mesh))
