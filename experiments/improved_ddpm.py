@@ -17,29 +17,42 @@ exp(frac log beta_t + (1 - frac) log beta-tilde_t), frac = (v + 1) / 2 clipped t
 ancestral sampling keeps its quality where fixed variances degrade (their section on sampling
 speed), and learned variances give a better exact bound than fixed ones (their sec. 3.1).
 
-Real runs (2026-12-02, digits, 2 CPU cores shared with ~8 other jobs, load average 18-21, so
-wall-clocks are about 10x an idle machine's; each training call capped at 12 / 7 minutes):
-  python launch/train.py --config=experiments/improved_ddpm.py --workdir=workdirs/d2_iddpm \
-      --config.train.num_steps=2000 --config.train.checkpoint_every=500
-  # 770 s -> pre-empted at step 481; rerun (resumed) 443 s -> pre-empted at step 1172;
-  # hybrid loss 0.91 (step 100), 0.20 (400), 0.169 (1000), 0.166 (1100)
-  # then workdirs/d2_logs/iddpm_eval.py (402 s): learned_variance.variance_sample_quality and
-  # variance_bits_per_dim, i.e. launch/evaluate.py --variance_steps=50 --variance_bpd_num=32
-  # --num=200 --inception=False (with clip_x0, which the run's stored config predates)
-Exact discrete bound (all T = 1000 terms, discretized decoder; 32 training digits; mean +-
+Real run (2026-12-02, digits, 2 CPU cores; idle for the first ~4000 steps at 14-16 steps/s,
+then shared with three other jobs, load average 5-8, at 2.7-4 steps/s):
+  python launch/train.py --config=experiments/improved_ddpm.py --workdir=workdirs/iddpm \
+      --config.train.num_steps=8000 --config.train.checkpoint_every=1000 \
+      --config.train.progress_bar=False
+  23m43s wall (cold compilation cache: jitted init 18.2 s, first step with compile 32.3 s);
+  176,994 parameters; hybrid loss 0.91 (step 100), 0.169 (1000), 0.147 (4000), 0.141 (8000).
+  python launch/evaluate.py --workdir=workdirs/iddpm --solvers=ddim:50 --num=1797 \
+      --variance_steps=50 --variance_bpd_num=256 --inception=False --seed=0
+  21m38s wall at load 5-8 (seeds 1-3 of the variance rows: the same library calls,
+  learned_variance's rows for 'learned' and 'small', keys from --seed=1, 2, 3).
+Exact discrete bound (all T = 1000 terms, discretized decoder; 256 training digits; mean +-
 standard error over examples; the paired differences use the same examples and noise):
-  learned 7.061 +- 0.207   small (beta-tilde) 7.502 +- 0.210   large (beta) 7.116 +- 0.207
-  learned - small = -0.441 +- 0.017     learned - large = -0.055 +- 0.0024   bits/dim
-so the learned variance gives the lowest bound, beyond 20 standard errors of the paired
+  learned 4.710 +- 0.034   small (beta-tilde) 5.038 +- 0.038   large (beta) 4.902 +- 0.033
+  learned - small = -0.327 +- 0.006     learned - large = -0.191 +- 0.002   bits/dim
+so the learned variance gives the lowest bound, beyond 50 standard errors of either paired
 difference. (The digits take 17 values, not the 8-bit grid the discretized decoder bins, so the
 absolute bits/dim are not comparable with published 8-bit numbers.)
-50-step ddpm from the same model and noise, 200 samples against 200 digits (x0 clipped):
-  variance          learned   small    large
-  classifier-FD     11.56     11.39    11.47
-  pixel sliced W    0.0870    0.0885   0.0860
-Not the paper's result at this size: after 1172 steps the three are within the noise of a
-200-sample Fréchet distance (no variance is measurably closer to the data); a longer run and
-more samples are needed to test the claim.
+50-step ddpm (x0 clipped, as configured) from the same model and noise, 1797 samples against
+all 1797 digits; classifier-FD (the project's small classifier) and pixel sliced Wasserstein:
+  seed                      0        1        2        3
+  classifier-FD learned   1.269    1.259    1.080    0.861
+  classifier-FD small     1.421    1.319    1.126    0.927
+  sliced W learned        0.0322   0.0338   0.0291   0.0298
+  sliced W small          0.0344   0.0351   0.0301   0.0313
+  (seed 0, large variance: classifier-FD 1.227, sliced W 0.0312)
+Paired over the 4 seeds, learned - small: classifier-FD -0.081 +- 0.024 (s.e.; 4 of 4 lower),
+sliced W -0.0015 +- 0.0003: the learned variance's 50-step samples are closer to the data than
+the fixed small variance's, Nichol & Dhariwal's claim at this size (they are within noise of
+the large variance's, which their paper also finds close to learned at 50+ steps). The seed-to-
+seed spread of one FD (0.86-1.27) is larger than the difference, so only paired comparisons on
+the same noise show it; a 1172-step run of this config (an earlier session) could not.
+The same evaluate.py's ddim:50 row came out as garbage (classifier-FD 2.9e8) because another
+solver was given none of the run's sampling options, so x0 went unclipped where the cosine
+chain's alpha_t ~ 1e-4; the model options (clip_x0, learned_variance, t range) now carry over to
+any solver (diffjax.samplers.api.carried_options).
 """
 
 from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
