@@ -13,7 +13,6 @@ suite (-m slow)."""
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import os
@@ -29,6 +28,7 @@ from PIL import Image
 from diffjax.train import evaluate, latent, sampling
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.writers import read_metrics
+from tests.helpers import install_path_guard
 from tests.test_autoencoder_train import ae_config, load_experiment, synthetic_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,50 +87,13 @@ def test_quicktests_train_resume_and_write_a_decoded_grid(runs):
 
 
 # ---------------------------------------------------------------------------- the path layer
-OURS = ("diffjax", "launch")
-ALLOWED = ("diffjax.train.paths", "etils", "orbax", "tensorstore", "tensorboardX")
-GUARDED_OS = ("makedirs", "mkdir", "listdir", "rename", "replace", "remove", "unlink")
-GUARDED_PATH = ("exists", "isdir", "isfile", "getsize")
-
-
-def _culprit() -> str | None:
-    """module:line of the nearest caller that is ours (diffjax, launch) or an allowed library,
-    if it is ours (as tests/test_paths.py's guard)."""
-    frame = sys._getframe(2)  # 0: here, 1: the guard, 2: its caller
-    while frame is not None:
-        name = frame.f_globals.get("__name__", "")
-        if name.startswith(ALLOWED):
-            return None
-        if name.startswith(OURS):
-            return f"{name}:{frame.f_lineno}"
-        frame = frame.f_back
-    return None
-
-
 @pytest.fixture
 def guard(monkeypatch):
     """(watch(folder), violations): open / os.* / os.path.* calls on a watched folder made
     directly by diffjax or launch code (not through diffjax/train/paths.py)."""
-    watched, violations = [], []
-
-    def wrap(fn, what):
-        def guarded(path, *args, **kwargs):
-            if isinstance(path, (str, os.PathLike)):
-                text = os.fspath(path)
-                if isinstance(text, str) and os.path.abspath(text).startswith(tuple(watched)):
-                    who = _culprit()
-                    if who is not None:
-                        violations.append(f"{what}({text!r}) from {who}")
-            return fn(path, *args, **kwargs)
-
-        return guarded
-
-    monkeypatch.setattr(builtins, "open", wrap(builtins.open, "open"))
-    for name in GUARDED_OS:
-        monkeypatch.setattr(os, name, wrap(getattr(os, name), f"os.{name}"))
-    for name in GUARDED_PATH:
-        monkeypatch.setattr(os.path, name, wrap(getattr(os.path, name), f"os.path.{name}"))
-    return lambda folder: watched.append(os.path.abspath(folder)), violations
+    watched: list[str] = []
+    violations = install_path_guard(monkeypatch, watched)
+    return watched.append, violations
 
 
 def test_guard_sees_direct_calls(guard, tmp_path):

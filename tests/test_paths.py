@@ -9,7 +9,6 @@ local folder named after the URL appears.
 
 from __future__ import annotations
 
-import builtins
 import importlib.util
 import os
 import subprocess
@@ -18,13 +17,9 @@ import sys
 import pytest
 
 from diffjax.train import paths
+from tests.helpers import install_path_guard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# callers allowed to touch files: the path layer itself and the libraries below it
-ALLOWED = ("diffjax.train.paths", "etils", "orbax", "tensorstore", "tensorboardX")
-OURS = ("diffjax", "launch")
-OS_FUNCTIONS = ("makedirs", "mkdir", "listdir", "rename", "replace", "remove", "unlink", "scandir")
-OS_PATH_FUNCTIONS = ("exists", "isdir", "isfile", "getsize")
 
 
 def toy_config(num_steps: int):
@@ -38,43 +33,11 @@ def toy_config(num_steps: int):
     return c
 
 
-def _culprit() -> str | None:
-    """The module of the nearest caller that is ours or an allowed library, if it is ours."""
-    frame = sys._getframe(2)  # 0: here, 1: the guard, 2: its caller
-    while frame is not None:
-        name = frame.f_globals.get("__name__", "")
-        if name.startswith(ALLOWED):
-            return None
-        if name.startswith(OURS):
-            return f"{name}:{frame.f_lineno}"
-        frame = frame.f_back
-    return None
-
-
 @pytest.fixture
 def guard(monkeypatch, tmp_path):
     """(workdir, violations): calls of open/os.*/os.path.* on the workdir made by our code."""
     workdir = str(tmp_path / "run")
-    violations: list[str] = []
-
-    def wrap(fn, what):
-        def guarded(path, *args, **kwargs):
-            if isinstance(path, (str, os.PathLike)) and not isinstance(path, int):
-                text = os.fspath(path)
-                if isinstance(text, str) and os.path.abspath(text).startswith(workdir):
-                    who = _culprit()
-                    if who is not None:
-                        violations.append(f"{what}({text!r}) from {who}")
-            return fn(path, *args, **kwargs)
-
-        return guarded
-
-    monkeypatch.setattr(builtins, "open", wrap(builtins.open, "open"))
-    for name in OS_FUNCTIONS:
-        monkeypatch.setattr(os, name, wrap(getattr(os, name), f"os.{name}"))
-    for name in OS_PATH_FUNCTIONS:
-        monkeypatch.setattr(os.path, name, wrap(getattr(os.path, name), f"os.path.{name}"))
-    return workdir, violations
+    return workdir, install_path_guard(monkeypatch, [workdir])
 
 
 def test_training_resuming_and_loading_use_only_the_path_layer(guard):
