@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffjax import processes, schedules, toy
-from diffjax.samplers import SOLVERS, sample, time_grid
+from diffjax.samplers import SOLVERS, count_nfe, sample, steps_for_nfe, time_grid
 from tests.helpers import Gaussian, counting_model
 
 VP = processes.vp()
@@ -55,6 +55,39 @@ def test_info_nfe_equals_counted_model_calls(name, opts, nfe):
     x, info = sample(KEY, model, VP, (8, 2), solver=name, steps=5, return_info=True, **opts)
     jax.block_until_ready(x)
     assert info["nfe"] == nfe == len(calls) and len(info["ts"]) == 6
+
+
+CHAIN = processes.discrete(schedules.linear_betas(100))
+
+
+@pytest.mark.parametrize(
+    "name, opts",
+    [("ddim", {}), ("heun", {}), ("dpm_solver", {"order": 3}), ("dpm_solver", {"order": 2}),
+     ("plms", {"warmup": "pseudo_runge_kutta"}), ("pc", {"n_corrector": 1}), ("dpm_solver_pp", {})],
+)  # fmt: skip
+def test_count_nfe_and_steps_for_nfe_match_the_calls_sample_makes(name, opts):
+    """count_nfe (no sampling) = the model calls counted at run time on a 100-step chain, and
+    steps_for_nfe(budget) is the largest N that fits: N + 1 intervals would exceed it."""
+    for budget in (7, 10, 20):
+        steps = steps_for_nfe(name, CHAIN, budget, **opts)
+        model, calls = counting_model()
+        x = sample(KEY, model, CHAIN, (4, 2), solver=name, steps=steps, **opts)
+        jax.block_until_ready(x)
+        assert count_nfe(name, CHAIN, steps, **opts) == len(calls) <= budget
+        assert count_nfe(name, CHAIN, steps + 1, **opts) > budget
+
+
+def test_steps_for_nfe_limits_and_errors():
+    assert steps_for_nfe("ddpm", CHAIN, 1000) == 100  # a 100-step chain has at most 100
+    assert count_nfe("dopri5", VP) is None
+    with pytest.raises(ValueError, match="adaptive"):
+        steps_for_nfe("dopri5", VP, 10)
+    with pytest.raises(ValueError, match="costs 4 evaluations > nfe = 3"):
+        steps_for_nfe("rk4", VP, 3)
+    with pytest.raises(ValueError, match="nfe must be >= 1"):
+        steps_for_nfe("ddim", VP, 0)
+    with pytest.raises(ValueError, match="unknown solver"):
+        count_nfe("dpm_solver_4", VP, 10)
 
 
 def test_heun_skips_correction_at_sigma_zero():

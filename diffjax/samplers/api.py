@@ -208,6 +208,60 @@ def _resolve(
     return solver, opts, ts
 
 
+def count_nfe(
+    solver: str,
+    process: Process,
+    steps: int | None = None,
+    *,
+    prediction: str = "eps",
+    ts: ArrayLike | None = None,
+    **options,
+) -> int | None:
+    """The model evaluations `sample` makes with these arguments, without running it (None for
+    the adaptive 'dopri5', whose count depends on the model). The same validation as `sample`:
+    unknown solvers, options or bad grids are a ValueError."""
+    check_choice(prediction, PREDICTION_KINDS, "prediction kind")
+    options.pop("noise", None)
+    solver_obj, opts, grid = _resolve(solver, process, steps, options, prediction, ts)
+    nfe = solver_obj.nfe(grid, opts, process)
+    return None if nfe is None else int(nfe) + int(opts["denoise_final"])
+
+
+def steps_for_nfe(
+    solver: str, process: Process, nfe: int, *, prediction: str = "eps", **options
+) -> int:
+    """The most grid intervals N whose `count_nfe` does not exceed `nfe`: a fixed budget of
+    model evaluations per solver (Lu et al. 2022's and Song et al. 2021's tables are by NFE:
+    DPM-Solver-2 at NFE 10 takes 5 steps, DPM-Solver-3 3 steps (9 evaluations), Heun 5 steps
+    (9: its last step, onto sigma = 0, is an Euler step).
+
+    Raises:
+      ValueError: nfe < 1, an adaptive solver ('dopri5'), or one step already costs more than
+        `nfe` evaluations (the cheapest count is named).
+    """
+    if int(nfe) < 1:
+        raise ValueError(f"nfe must be >= 1; got {nfe!r}")
+    count = lambda n: count_nfe(solver, process, n, prediction=prediction, **options)  # noqa: E731
+    if count(1) is None:
+        raise ValueError(f"solver {solver!r} is adaptive: its NFE is not set by the steps")
+    if count(1) > nfe:
+        raise ValueError(f"one step of {solver!r} costs {count(1)} evaluations > nfe = {nfe}")
+
+    def fits(n: int) -> bool:  # a grid of n intervals exists (a T-step chain has at most T)
+        try:
+            return count(n) <= nfe
+        except ValueError:
+            return False
+
+    lo, hi = 1, 2  # fits(lo); grow hi until it does not fit (NFE rises with N)
+    while fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 # solvers that take `noise=` [N, B, ...]: one standard normal draw per step, noise[i] on step i
 EXPLICIT_NOISE_SOLVERS = ("ddpm", "ddim", "euler_maruyama", "dpm_solver_pp_sde", "euler_ancestral")
 
