@@ -3,7 +3,19 @@
   python launch/evaluate.py --workdir=workdirs/digits --solvers=ddim:10,ddim:50,ddpm:1000 \
       --num=1000 [--bpd_num=256] [--elbo_num=256] [--straightness_num=1000]
 
-Prints a table (one row per solver:steps) and writes `<workdir>/eval_<step>.json`.
+Prints a table (one row per solver:steps, with its model evaluations) and writes
+`<workdir>/eval_<step>.json` and the plot `<workdir>/eval_<step>.png` (quality against NFE, a
+line per solver). An NFE table (the shape of Song et al. 2021's DDIM Table 1 and Lu et al.
+2022's DPM-Solver Table 3): solvers with options and no steps, and budgets of evaluations,
+
+  python launch/evaluate.py --workdir=... --num=1000 --repeats=3 --floor \
+      --solvers=ddpm,ddim,dpm_solver/order=2,dpm_solver/order=3,dpm_solver_pp,heun,plms \
+      --nfe=10,20,50,100,1000
+
+each solver at the most steps that fit each budget; `--repeats` redraws every row with new keys
+(means and `<metric>_std`); `--floor` adds the data's own rows (held-out test examples, and a
+disjoint half of the training stream, against the same training examples): the floor a model
+cannot beat at that sample size.
 Images: FID/KID/precision/recall on FID-Inception features when its weights are installed,
 the Fréchet distance on the features of the project's small classifier for one-channel data
 (trained once, cached in the workdir), and a pixel sliced Wasserstein; 2-D data: sliced
@@ -75,6 +87,14 @@ _ADH_STEPS = flags.DEFINE_integer("adherence_steps", None, "solver steps (defaul
 _ADH_DATA_DIR = flags.DEFINE_string(
     "adherence_data_dir", None, "the real items' folder (default: the run's data_dir)"
 )
+_NFE = flags.DEFINE_string(
+    "nfe",
+    "",
+    "comma-separated budgets of model evaluations: every --solvers entry once per "
+    "budget, at the most steps that fit it (then the entries carry no steps)",
+)
+_REPEATS = flags.DEFINE_integer("repeats", 1, "independent draws per row (means and _std)")
+_FLOOR = flags.DEFINE_bool("floor", False, "add the data floor rows (test vs train, halves)")
 _SEED = flags.DEFINE_integer("seed", 0, "evaluation seed")
 _INCEPTION = flags.DEFINE_bool(
     "inception", True, "FID/KID/precision/recall on FID-Inception features (slow on CPU)"
@@ -114,7 +134,14 @@ def main(argv):
     if _ADHERENCE.value > 0:
         return _adherence_report()
     pairs = evaluate.parse_solvers(_SOLVERS.value)
+    budgets = _budgets(_NFE.value)
+    if budgets and any(steps for _, steps, _ in pairs):
+        raise app.UsageError(f"--nfe={_NFE.value!r} sets the steps; give --solvers without them")
     spec, c, state, run = latent.load_for_sampling(_WORKDIR.value)
+    if budgets:
+        pairs = evaluate.expand_nfe(spec, c, pairs, budgets)
+    if _FLOOR.value and run is not None:
+        raise app.UsageError("--floor is for pixel runs (a latent run's rows are decoded images)")
     if _STRAIGHT.value:  # before any sampling: a non-flow run fails fast
         check_rectified_flow(c.process, "--straightness_num")
     if run is not None:
@@ -144,8 +171,13 @@ def main(argv):
             _INCEPTION.value,
             _WORKDIR.value,
             run=run,
+            repeats=_REPEATS.value,
         ),  # fmt: skip
     }
+    if _FLOOR.value:
+        result["rows"] += evaluate.data_floor_rows(
+            jax.random.fold_in(sample_key, 1), spec, _NUM.value, _INCEPTION.value, _WORKDIR.value
+        )
     if _BPD_NUM.value > 0:
         result["likelihood"] = evaluate.likelihood_bits_per_dim(
             bpd_key, spec, c, state, _BPD_NUM.value
@@ -166,7 +198,20 @@ def main(argv):
     path = paths.workdir_path(_WORKDIR.value) / f"eval_{result['step']:07d}.json"
     if parallel.is_primary():
         paths.write_json(path, result)  # any filesystem of the workdir
+        plot = evaluate.save_nfe_plot(path.with_suffix(".png"), result["rows"])
+        if plot is not None:
+            print(plot)
     print(path)
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(b) for b in filter(None, (s.strip() for s in text.split(",")))]
+    except ValueError as err:
+        raise app.UsageError(f"--nfe={text!r}: expected comma-separated integers") from err
+    if any(b < 1 for b in budgets):
+        raise app.UsageError(f"--nfe={text!r}: every budget must be >= 1")
+    return budgets
 
 
 def _variance_report(result: dict, key, spec, c, state) -> None:

@@ -161,6 +161,30 @@ def test_evaluate_program(digits_workdir):
     )
 
 
+def test_evaluate_program_nfe_table(digits_workdir):
+    """--nfe budgets with solver options, --floor rows and the plot, through the program."""
+    out = run(
+        "evaluate.py",
+        f"--workdir={digits_workdir}",
+        "--solvers=ddim,dpm_solver/order=2",
+        "--nfe=2,4",
+        "--num=16",
+        "--noinception",
+        "--floor",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.load(open(digits_workdir / "eval_0000004.json"))
+    got = [(r["solver"], r["steps"], r["nfe"]) for r in result["rows"]]
+    assert got == [
+        ("ddim", 2, 2), ("ddim", 4, 4), ("dpm_solver/order=2", 1, 2),
+        ("dpm_solver/order=2", 2, 4), ("data:train_halves", 0, 0),
+    ]  # fmt: skip
+    assert all(np.isfinite(r["fd_classifier"]) for r in result["rows"])
+    assert Image.open(digits_workdir / "eval_0000004.png").size == (600, 400)
+    out = run("evaluate.py", f"--workdir={digits_workdir}", "--solvers=ddim:3", "--nfe=4")
+    assert out.returncode != 0 and "--nfe='4' sets the steps" in out.stderr
+
+
 def test_programs_import_the_installed_package_and_no_diffrax_at_start():
     # No sys.path edits in the programs; `import diffjax` leaves diffrax (adaptive solvers and
     # likelihoods only) unloaded, and the first adaptive solve loads it.

@@ -32,17 +32,69 @@ from diffjax.train.sampling import make_sampler
 from diffjax.train.spec import consistency_sampling
 
 
-def parse_solvers(text: str) -> list[tuple[str, int]]:
-    """'ddim:10,ddim:50,dopri5' -> [('ddim', 10), ('ddim', 50), ('dopri5', 0)]."""
-    pairs = []
+def _option_value(text: str):
+    """'2' -> 2, '0.5' -> 0.5, 'true' -> True, anything else the string itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_solvers(text: str) -> list[tuple[str, int, dict]]:
+    """'ddim:10,dpm_solver/order=2:10,dopri5' -> [('ddim', 10, {}), ('dpm_solver', 10,
+    {'order': 2}), ('dopri5', 0, {})]: name[/option=value...][:steps]; steps may be left out
+    where `expand_nfe` sets them from budgets of model evaluations."""
+    items = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, steps = item.partition(":")
+        head, _, steps = item.partition(":")
         if steps and not steps.isdigit():
             raise ValueError(f"bad solver:steps pair {item!r}; expected e.g. 'ddim:50'")
-        pairs.append((name, int(steps or 0)))
-    if not pairs:
+        name, *settings = head.split("/")
+        options = {}
+        for setting in settings:
+            key, eq, value = setting.partition("=")
+            if not (key and eq and value):
+                raise ValueError(f"bad solver option {setting!r} in {item!r}; expected key=value")
+            options[key] = _option_value(value)
+        items.append((name, int(steps or 0), options))
+    if not items:
         raise ValueError(f"no solver:steps pairs in {text!r}")
-    return pairs
+    return items
+
+
+def solver_label(name: str, options: dict) -> str:
+    """'dpm_solver' + {'order': 2} -> 'dpm_solver/order=2' (the row's solver column)."""
+    return "/".join([name, *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+def _solver_options(spec, name: str, options: dict) -> dict:
+    """The run's model options carried to solver `name` (clip_x0, t range, ...), then the row's."""
+    return {**carried_options(spec.sample.kwargs, spec.sample.solver, name), **options}
+
+
+def expand_nfe(spec, c, items, budgets) -> list[tuple[str, int, dict]]:
+    """Each (name, _, options) once per budget of model evaluations, at the most steps that fit
+    it (`samplers.steps_for_nfe` with the run's process, prediction and carried options): the
+    rows of an NFE table (Song et al. 2021's DDIM Table 1, Lu et al. 2022's Table 3).
+
+    Raises:
+      ValueError: a budget below one step of a solver, or an adaptive solver.
+    """
+    from diffjax.samplers import steps_for_nfe
+
+    out = []
+    for name, _, options in items:
+        merged = _solver_options(spec, name, options)
+        for budget in budgets:
+            steps = steps_for_nfe(name, c.process, int(budget), prediction=spec.prediction,
+                                  **merged)  # fmt: skip
+            out.append((name, steps, dict(options)))
+    return out
 
 
 def data_examples(spec, num: int, with_labels: bool = False):
@@ -187,9 +239,14 @@ def point_metrics(key, samples, data) -> dict[str, float]:
 
 def evaluate_solvers(
     key, spec, c, state, pairs, num: int, inception: bool = True, workdir: str | None = None,
-    run=None, classifier_options: dict | None = None,
+    run=None, classifier_options: dict | None = None, repeats: int = 1,
 ) -> list[dict]:  # fmt: skip
-    """One row per (solver, steps): metrics, sampling seconds and the settings used.
+    """One row per (solver, steps[, options]): metrics, model evaluations (nfe), sampling
+    seconds and the settings used.
+
+    `repeats` > 1 draws each row's samples that many times with independent keys: the metrics
+    are then their means, with `<metric>_std` the sample standard deviation across the draws
+    (the spread of FID at that sample size). The first draw's key is the one `repeats=1` uses.
 
     `inception=False` skips the Inception-feature metrics (slow on CPU: every image is resized
     to 299x299). With a `workdir`, one-channel image data also get the Fréchet distance on the
@@ -220,14 +277,19 @@ def evaluate_solvers(
             jax.random.fold_in(key, 20_000), spec, workdir, layout=layout,
             **(classifier_options or {}),
         )  # fmt: skip
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats!r}")
+    from diffjax.samplers import count_nfe
+
     rows = []
-    for i, (solver, steps) in enumerate(pairs):
+    for i, item in enumerate(pairs):
+        solver, steps, options = item if len(item) == 3 else (*item, {})
         sspec = dataclasses.replace(
             spec.sample,
             solver=solver,
             steps=steps,
             num=num,
-            kwargs=carried_options(spec.sample.kwargs, spec.sample.solver, solver),
+            kwargs=_solver_options(spec, solver, options),
         )
         sspec = consistency_sampling(sspec, spec.model)  # a consistency model's sigma range
         sspec = learned_variance.sample_options(spec, sspec)  # [mean | v] models: the mean
@@ -235,18 +297,133 @@ def evaluate_solvers(
             sampler = run.sampler(sspec, num, tokens=tokens)
         else:
             sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
-        t0 = time.time()
-        samples = np.asarray(sampler(state.ema_params, jax.random.fold_in(key, i)))
-        seconds = time.time() - t0
-        metric_key = jax.random.fold_in(key, 10_000 + i)
-        values = (
-            point_metrics(metric_key, samples, data)
-            if data.ndim == 2
-            else image_metrics(metric_key, samples, data, features, classifier, workdir, name)
-        )
-        rows.append({"solver": solver, "steps": steps, "num": num, "seconds": seconds, **values})
+        draws, seconds = [], []
+        for r in range(repeats):
+            draw_key = jax.random.fold_in(key, i)
+            if r:  # the first draw is the one repeats=1 makes
+                draw_key = jax.random.fold_in(draw_key, 1_000_000 + r)
+            t0 = time.time()
+            samples = np.asarray(sampler(state.ema_params, draw_key))
+            seconds.append(time.time() - t0)
+            metric_key = jax.random.fold_in(key, 10_000 + i)
+            if r:
+                metric_key = jax.random.fold_in(metric_key, r)
+            draws.append(
+                point_metrics(metric_key, samples, data)
+                if data.ndim == 2
+                else image_metrics(metric_key, samples, data, features, classifier, workdir, name)
+            )
+        nfe = count_nfe(sspec.solver, c.process, sspec.steps or None, prediction=spec.prediction,
+                        **sspec.kwargs)  # fmt: skip
+        row = {"solver": solver_label(solver, options), "steps": steps, "nfe": nfe, "num": num}
+        row["seconds"] = float(np.mean(seconds))
+        row.update(_combine(draws))
+        if repeats > 1:
+            row["repeats"] = repeats
+        rows.append(row)
         logging.info("%s", rows[-1])
     return rows
+
+
+def _combine(draws: list[dict]) -> dict:
+    """Metric dicts of repeated draws -> their means and, for several, `<key>_std` (ddof 1)."""
+    if len(draws) == 1:
+        return dict(draws[0])
+    out = {}
+    for k in draws[0]:
+        values = np.asarray([d[k] for d in draws], np.float64)
+        out[k], out[f"{k}_std"] = float(values.mean()), float(values.std(ddof=1))
+    return out
+
+
+def _stream_size(spec) -> int | None:
+    """Examples in one epoch of the spec's data stream (None: an endless stream, e.g. toy)."""
+    batches = make_iterator(
+        dataclasses.replace(spec.data, prefetch=0), process_index=0, process_count=1
+    )
+    return batches.info.get("num_examples")
+
+
+def data_floor_rows(key, spec, num: int, inception: bool = True, workdir: str | None = None,
+                    classifier_options: dict | None = None) -> list[dict]:  # fmt: skip
+    """The floor a model cannot beat at this sample size, in the rows' metrics: held-out
+    examples (the 'test' split) against the first `num` training examples, the ones the model
+    rows are compared with ('data:test_vs_train'), and two disjoint halves of one epoch of the
+    training stream ('data:train_halves'). Each row's `num` is its sample count: at most the
+    test split's size, and at most half an epoch for the halves (CIFAR-10 at num = 50k: 10k test
+    examples; 25k against 25k). The toy mixtures and the bundled digits have no held-out split:
+    they get only the halves row, with a warning; a missing test split elsewhere is the data
+    source's own error (FileNotFoundError naming the folder)."""
+    total = _stream_size(spec)
+    half = num if total is None else min(num, total // 2)
+    reference = data_examples(spec, max(num, 2 * half))
+    candidates = [("data:train_halves", reference[half : 2 * half], reference[:half])]
+    if spec.data.name.startswith("toy_") or spec.data.name == "digits":
+        logging.warning("%s has no held-out split: the data floor is the halves row only",
+                        spec.data.name)  # fmt: skip
+    else:
+        test_spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, split="test"))
+        held_out = data_examples(test_spec, min(num, _stream_size(test_spec) or num))
+        candidates.insert(0, ("data:test_vs_train", held_out, reference[:num]))
+    features = inception_fn() if reference.ndim == 4 and inception else None
+    classifier = None
+    if workdir is not None and reference.ndim == 4:
+        classifier = classifier_fn(jax.random.fold_in(key, 20_000), spec, workdir,
+                                   **(classifier_options or {}))  # fmt: skip
+    rows = []
+    for i, (label, examples, against) in enumerate(candidates):
+        metric_key = jax.random.fold_in(key, 30_000 + i)
+        values = (
+            point_metrics(metric_key, examples, against)
+            if reference.ndim == 2
+            else image_metrics(metric_key, examples, against, features, classifier, workdir)
+        )
+        rows.append({"solver": label, "steps": 0, "nfe": 0, "num": len(examples), **values})
+        logging.info("%s", rows[-1])
+    return rows
+
+
+QUALITY_KEYS = ("fid", "fd_classifier", "sw_pixels", "sliced_wasserstein")
+
+
+def save_nfe_plot(path, rows: list[dict], metric: str | None = None) -> str | None:
+    """Quality against model evaluations, one line per solver (log-log), the data-floor rows
+    as dashed horizontal lines: the plot of an NFE table, a PNG at `path` (any filesystem).
+    `metric`: a row key (default the first of QUALITY_KEYS the rows have); error bars where
+    the rows carry `<metric>_std`. None when no row has the metric."""
+    model_rows = [r for r in rows if not str(r["solver"]).startswith("data:")]
+    if metric is None:
+        metric = next((k for k in QUALITY_KEYS if any(k in r for r in model_rows)), None)
+    model_rows = [r for r in model_rows if metric and metric in r and r.get("nfe")]
+    if not model_rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffjax.train.writers import _save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in dict.fromkeys(r["solver"] for r in model_rows):
+        line = sorted((r for r in model_rows if r["solver"] == label), key=lambda r: r["nfe"])
+        errors = [r.get(f"{metric}_std", 0.0) for r in line]
+        x, y = [r["nfe"] for r in line], [r[metric] for r in line]
+        ax.errorbar(x, y, yerr=errors, marker="o", label=label, capsize=2)
+    for r in rows:
+        if str(r["solver"]).startswith("data:") and metric in r:
+            ax.axhline(r[metric], linestyle="--", color="grey", linewidth=1)
+            ax.annotate(r["solver"], (ax.get_xlim()[0], r[metric]), fontsize=7, va="bottom")
+    ax.set_xscale("log")
+    if all(r[metric] > 0 for r in model_rows):
+        ax.set_yscale("log")
+    ax.set_xlabel("model evaluations (NFE)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return str(path)
 
 
 def likelihood_bits_per_dim(

@@ -1,0 +1,123 @@
+"""NFE tables (issue 14): solver entries with options, budgets of model evaluations, repeated
+draws with their spread, the data floor, and the quality-against-NFE plot."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from diffjax.samplers import count_nfe
+from diffjax.train import evaluate
+from diffjax.train.loop import train_and_evaluate
+from diffjax.train.workdir import load_trained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(ROOT, "experiments", "toy2d.py")
+
+
+def test_parse_solvers_with_options():
+    assert evaluate.parse_solvers("ddim:10, dpm_solver/order=2:5,dopri5,ddim/eta=0.5") == [
+        ("ddim", 10, {}),
+        ("dpm_solver", 5, {"order": 2}),
+        ("dopri5", 0, {}),
+        ("ddim", 0, {"eta": 0.5}),
+    ]
+    assert evaluate.parse_solvers("pc/predictor=euler_maruyama/n_corrector=2")[0][2] == {
+        "predictor": "euler_maruyama",
+        "n_corrector": 2,
+    }
+    assert evaluate.solver_label("dpm_solver", {"order": 3}) == "dpm_solver/order=3"
+    with pytest.raises(ValueError, match="bad solver option 'order' in 'dpm_solver/order:4'"):
+        evaluate.parse_solvers("dpm_solver/order:4")
+    with pytest.raises(ValueError, match="bad solver:steps pair 'ddim:ten'"):
+        evaluate.parse_solvers("ddim:ten")
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A 1-step toy2d (VP, eps) run: (spec, components, state)."""
+    argv = ["prog", f"--config={TOY}:quicktest"]
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    config = holder.value
+    config.train.num_steps = 1
+    workdir = tmp_path_factory.mktemp("toy")
+    train_and_evaluate(config, str(workdir))
+    return load_trained(str(workdir))
+
+
+def test_nfe_rows_repeats_floor_and_plot(toy_run, tmp_path):
+    spec, c, state = toy_run
+    items = evaluate.parse_solvers("ddim,dpm_solver/order=3,heun")
+    pairs = evaluate.expand_nfe(spec, c, items, [6, 10])
+    # the most steps within each budget: DPM-Solver-3 takes 3 calls a step, Heun 2 (its last
+    # step to sigma = 0 is Euler: 2N - 1 on a VP process, whose sigma(t_min) > 0, 2N)
+    assert [(n, s) for n, s, _ in pairs] == [
+        ("ddim", 6), ("ddim", 10), ("dpm_solver", 2), ("dpm_solver", 3),
+        ("heun", 3), ("heun", 5),
+    ]  # fmt: skip
+    rows = evaluate.evaluate_solvers(jax.random.PRNGKey(0), spec, c, state, pairs, 64, repeats=3)
+    assert [r["solver"] for r in rows[2:4]] == ["dpm_solver/order=3"] * 2
+    assert [r["nfe"] for r in rows] == [6, 10, 6, 9, 6, 10]
+    for i, (r, (name, steps, options)) in enumerate(zip(rows, pairs, strict=True)):
+        assert r["nfe"] == count_nfe(name, c.process, steps, **options) <= [6, 10][i % 2]
+        # three independent draws: a spread above zero, the mean of finite values
+        assert r["repeats"] == 3 and r["sliced_wasserstein_std"] > 0
+        assert np.isfinite(r["sliced_wasserstein"]) and np.isfinite(r["mmd_std"])
+    single = evaluate.evaluate_solvers(jax.random.PRNGKey(0), spec, c, state, pairs[:1], 64)
+    assert "sliced_wasserstein_std" not in single[0] and "repeats" not in single[0]
+
+    floor = evaluate.data_floor_rows(jax.random.PRNGKey(1), spec, 64)
+    # the toy mixture has no held-out split: only two disjoint draws of the training stream,
+    # whose distance is far below that of the 1-step model's samples
+    assert [r["solver"] for r in floor] == ["data:train_halves"]
+    assert floor[0]["sliced_wasserstein"] < 0.5 * min(r["sliced_wasserstein"] for r in rows)
+
+    path = evaluate.save_nfe_plot(tmp_path / "eval.png", rows + floor)
+    assert path == str(tmp_path / "eval.png")
+    width, height = Image.open(path).size
+    assert (width, height) == (600, 400)
+    assert evaluate.save_nfe_plot(tmp_path / "none.png", floor) is None  # no model rows
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_expand_nfe_budget_below_one_step_is_an_error(toy_run):
+    spec, c, _ = toy_run
+    with pytest.raises(ValueError, match="one step of 'rk4' costs 4 evaluations > nfe = 2"):
+        evaluate.expand_nfe(spec, c, [("rk4", 0, {})], [2])
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        evaluate.evaluate_solvers(jax.random.PRNGKey(0), spec, c, toy_run[2], [("ddim", 2)], 8,
+                                  repeats=0)  # fmt: skip
+
+
+def test_data_floor_uses_the_test_split_and_disjoint_halves(tmp_path):
+    """Rows of a source with a test split: 12 held-out items against the first 16 training
+    items (the model rows' reference), then two disjoint halves of the 40-item epoch (16 each
+    at num = 16; at num = 32, half an epoch: 20 against 20)."""
+    import dataclasses
+
+    from diffjax.data.sources import DataConfig
+    from tests.helpers import write_idx
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    data = DataConfig(name="mnist_idx", batch_size=8, data_dir=str(tmp_path))
+    spec = dataclasses.make_dataclass("Spec", [("data", DataConfig)])(data)
+    rows = evaluate.data_floor_rows(jax.random.PRNGKey(0), spec, 16, inception=False)
+    assert [(r["solver"], r["num"]) for r in rows] == [
+        ("data:test_vs_train", 12), ("data:train_halves", 16),
+    ]  # fmt: skip
+    assert all(
+        r["sw_pixels"] > 0 for r in rows
+    )  # distinct images: no row compares a set with itself
+    rows = evaluate.data_floor_rows(jax.random.PRNGKey(0), spec, 32, inception=False)
+    assert [r["num"] for r in rows] == [12, 20]
