@@ -6,18 +6,27 @@ Needs CIFAR-10 prepared for TFDS as ArrayRecord in `data.data_dir` (never downlo
 Launch:
   python launch/train.py --config=experiments/cifar10_ddpm.py --workdir=workdirs/cifar10_ddpm \
       --config.data.data_dir=~/tensorflow_datasets
-Arguments: `quicktest` (tiny U-Net, one step).
+Arguments: `quicktest` (tiny U-Net, one step); `mini` (BASELINES.md's miniature on the local
+CIFAR-10 JPEG folder, data.name='image_folder': diffjax.train.config.apply_mini's U-Net, batch
+64, 6000 steps, about an hour on 2 CPU cores; FID against that lossy copy is not comparable with
+published numbers).
 Expected result (published): FID 3.17, IS 9.46 on 50k samples with the 1000-step ancestral
 sampler; NLL <= 3.75 bits/dim (Ho et al. 2020, Table 1). DDIM with 100 steps: FID about 4.2
 (Song et al. 2021a, Table 1). About 10.6 h per 100k steps on a TPU v3-8 in the paper.
 """
 
-from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
+from diffjax.train.config import (
+    apply_mini,
+    apply_quicktest,
+    check_arg_names,
+    default_config,
+    parse_arg,
+)
 
 
 def get_config(arg=None):
     args = parse_arg(arg)
-    check_arg_names(args, ("quicktest",), "experiments/cifar10_ddpm.py")
+    check_arg_names(args, ("quicktest", "mini"), "experiments/cifar10_ddpm.py")
     c = default_config()
     c.data.name = "tfds:cifar10"  # 50k 32x32x3 training images
     c.data.batch_size = 128  # Ho et al.
@@ -39,6 +48,9 @@ def get_config(arg=None):
     c.train.sample_every = 50_000  # grid period
     c.sample.solver = "ddim"  # grids with DDIM (evaluate.py runs the full 1000-step DDPM)
     c.sample.steps = 100  # DDIM intervals
+    if "mini" in args:  # BASELINES.md's miniature: the local CIFAR-10 JPEG folder, 1 h on CPU
+        c.data.name = "image_folder"  # data_dir/train/<class>/*.jpg (or its .tar.gz)
+        apply_mini(c, attn_resolution=8, num_steps=6000)
     if "quicktest" in args:
         apply_quicktest(c)
         c.model.name = "unet_tiny"

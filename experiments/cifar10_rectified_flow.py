@@ -10,17 +10,25 @@ at t = 1 (alpha = 1 - t, sigma = t), so the velocity changes sign (t -> 1 - t).
 Launch:
   python launch/train.py --config=experiments/cifar10_rectified_flow.py \
       --workdir=workdirs/cifar10_rf --config.data.data_dir=~/tensorflow_datasets
-Arguments: `quicktest`.
+Arguments: `quicktest`; `mini` (BASELINES.md's miniature on the local CIFAR-10 JPEG folder,
+data.name='image_folder': diffjax.train.config.apply_mini's U-Net, batch 64, 6000 steps, about
+an hour on 2 CPU cores; FID against that lossy copy is not comparable with published numbers).
 Expected result (published, DDPM++): 1-rectified flow with RK45, about 127 NFE, FID 2.58
 (Liu et al. 2023, Table 1).
 """
 
-from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
+from diffjax.train.config import (
+    apply_mini,
+    apply_quicktest,
+    check_arg_names,
+    default_config,
+    parse_arg,
+)
 
 
 def get_config(arg=None):
     args = parse_arg(arg)
-    check_arg_names(args, ("quicktest",), "experiments/cifar10_rectified_flow.py")
+    check_arg_names(args, ("quicktest", "mini"), "experiments/cifar10_rectified_flow.py")
     c = default_config()
     c.data.name = "tfds:cifar10"  # 32x32x3
     c.data.batch_size = 128  # Liu et al.
@@ -42,6 +50,9 @@ def get_config(arg=None):
     c.sample.solver = "dopri5"  # adaptive RK45 (Dormand-Prince)
     c.sample.steps = 0  # adaptive: no fixed steps
     c.sample.kwargs = {"rtol": 1e-5, "atol": 1e-5}  # Liu et al.
+    if "mini" in args:  # BASELINES.md's miniature: the local CIFAR-10 JPEG folder, 1 h on CPU
+        c.data.name = "image_folder"  # data_dir/train/<class>/*.jpg (or its .tar.gz)
+        apply_mini(c, attn_resolution=8, num_steps=6000)
     if "quicktest" in args:
         apply_quicktest(c)
         c.model.name = "unet_tiny"

@@ -13,12 +13,21 @@ Data scaling: the paper feeds VE models data in [0, 1]; we use [-1, 1] everywher
 Launch:
   python launch/train.py --config=experiments/cifar10_score_sde.py:process=vp \
       --workdir=workdirs/cifar10_vp --config.data.data_dir=~/tensorflow_datasets
-Arguments: `process=ve|vp|subvp` (default vp); `quicktest`.
+Arguments: `process=ve|vp|subvp` (default vp); `quicktest`; `mini` (BASELINES.md's miniature on
+the local CIFAR-10 JPEG folder, data.name='image_folder': diffjax.train.config.apply_mini's
+U-Net, batch 64, 6000 steps, about an hour on 2 CPU cores; FID against that lossy copy is not
+comparable with published numbers).
 Expected result (published, with NCSN++ / DDPM++, PC sampler): FID 2.38 (NCSN++ cont., VE),
 2.55 (DDPM++ cont., VP), 2.61 (DDPM++ cont., sub-VP) (Song et al. 2021, Table 3).
 """
 
-from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
+from diffjax.train.config import (
+    apply_mini,
+    apply_quicktest,
+    check_arg_names,
+    default_config,
+    parse_arg,
+)
 
 # process -> (process kwargs, EMA decay, sampler options)
 FAMILIES = {
@@ -42,7 +51,7 @@ FAMILIES = {
 
 def get_config(arg=None):
     args = parse_arg(arg)
-    check_arg_names(args, ("quicktest", "process"), "experiments/cifar10_score_sde.py")
+    check_arg_names(args, ("quicktest", "process", "mini"), "experiments/cifar10_score_sde.py")
     process = args.get("process", "vp")
     if process not in FAMILIES:
         raise ValueError(f"unknown process={process!r}; expected one of {list(FAMILIES)}")
@@ -68,6 +77,9 @@ def get_config(arg=None):
     c.sample.solver = "pc"  # predictor-corrector
     c.sample.steps = 1000  # N = 1000
     c.sample.kwargs = sampler  # corrector settings of the paper
+    if "mini" in args:  # BASELINES.md's miniature: the local CIFAR-10 JPEG folder, 1 h on CPU
+        c.data.name = "image_folder"  # data_dir/train/<class>/*.jpg (or its .tar.gz)
+        apply_mini(c, attn_resolution=8, num_steps=6000)
     if "quicktest" in args:
         apply_quicktest(c)
         c.model.name = "unet_tiny"

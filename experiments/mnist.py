@@ -7,12 +7,20 @@ Launch:
   python launch/train.py --config=experiments/mnist.py:dataset=fashion_mnist \
       --workdir=workdirs/fashion --config.data.data_dir=/path/to/fashion-mnist
 Arguments: `dataset=mnist|fashion_mnist` (default mnist; the same recipe on other files);
-`quicktest`; `conditional` (class labels, 10% null-label dropout, CFG grids).
+`quicktest`; `conditional` (class labels, 10% null-label dropout, CFG grids); `mini` (the
+miniature DDPM baseline of BASELINES.md: diffjax.train.config.apply_mini's 280k-parameter U-Net,
+batch 64, 8000 steps, sized for about an hour on 2 CPU cores).
 Expected result: about 60 examples/s on 2 CPU cores, so hours on CPU; on one GPU, 20k steps
 give clean digits (loss about 0.03), and recognisable garments for Fashion-MNIST.
 """
 
-from diffjax.train.config import apply_quicktest, check_arg_names, default_config, parse_arg
+from diffjax.train.config import (
+    apply_mini,
+    apply_quicktest,
+    check_arg_names,
+    default_config,
+    parse_arg,
+)
 
 # dataset argument -> diffjax.data source
 DATASETS = {"mnist": "mnist_idx", "fashion_mnist": "fashion_mnist_idx"}
@@ -20,7 +28,8 @@ DATASETS = {"mnist": "mnist_idx", "fashion_mnist": "fashion_mnist_idx"}
 
 def get_config(arg=None):
     args = parse_arg(arg)
-    check_arg_names(args, ("quicktest", "conditional", "dataset"), "experiments/mnist.py")
+    known = ("quicktest", "conditional", "dataset", "mini")
+    check_arg_names(args, known, "experiments/mnist.py")
     dataset = args.get("dataset", "mnist")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset={dataset!r} for mnist; expected one of {list(DATASETS)}")
@@ -42,6 +51,8 @@ def get_config(arg=None):
     c.train.sample_every = 5000  # grid period
     c.sample.solver = "ddim"  # deterministic sampler
     c.sample.steps = 100  # DDIM intervals
+    if "mini" in args:  # the miniature DDPM baseline of BASELINES.md (about an hour here)
+        apply_mini(c, attn_resolution=7, num_steps=8000)
     if "conditional" in args:
         c.cond.update(class_conditional=True, num_classes=10, label_dropout=0.1)
         c.sample.guidance_scale = 2.0  # CFG scale

@@ -158,3 +158,30 @@ def apply_quicktest(c: ml_collections.ConfigDict) -> None:
     c.train.progress_bar = False
     c.sample.num = 0
     c.sample.steps = 2
+
+
+# The ':mini' U-Net: 280,177 parameters at 28x28x1 (tests/test_mini_configs.py counts it).
+MINI_UNET = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, num_groups=8, dropout=0.1)
+
+
+def apply_mini(c: ml_collections.ConfigDict, attn_resolution: int, num_steps: int) -> None:
+    """The ':mini' miniature of a paper configuration (issue 14, BASELINES.md), sized for about
+    an hour on 2 CPU cores: the paper's process, loss, prediction and sampler are kept; the
+    model is the DDPM U-Net's design at ch 16, ch_mult (1, 2, 2), one residual block per level,
+    attention at the lowest resolution `attn_resolution`, dropout 0.1; batch 64; Adam 1e-3 with
+    500 warm-up steps and clipping at 1 (the papers' 2e-4 over 5000 warm-up steps is sized for
+    800k-1.3M steps); EMA 0.999 with warm-up (0.9999-0.999999 average over far more steps than
+    a miniature takes); checkpoints every 1000 steps (the last 3 kept) and a grid at the end."""
+    c.data.batch_size = 64
+    c.model.name = "unet"
+    c.model.kwargs = ml_collections.ConfigDict(dict(MINI_UNET, attn_resolutions=(attn_resolution,)))
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 500
+    c.optim.grad_clip = 1.0
+    c.ema.decay = 0.999
+    c.ema.warmup = True
+    c.train.num_steps = num_steps
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.sample_every = 0  # the grid at the end
