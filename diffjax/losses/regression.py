@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from diffjax.checks import check_choice
 from diffjax.kernels import bcast, marginal
@@ -133,6 +132,8 @@ def dsm(model, key, x0, process, *, cond=None, t=None, weighting="sigma2") -> tu
 
 
 def _assignment(cost: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment  # imported on use: 0.7 s at start-up
+
     rows, cols = linear_sum_assignment(np.asarray(cost, dtype=np.float64))
     return cols[np.argsort(rows)].astype(np.int32)
 
