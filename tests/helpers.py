@@ -354,3 +354,16 @@ def install_path_guard(monkeypatch, folders: list[str]) -> list[str]:
     for name in GUARDED_OS_PATH:
         monkeypatch.setattr(os.path, name, wrap(getattr(os.path, name), f"os.path.{name}"))
     return violations
+
+
+def config_from_file(config_arg: str):
+    """The ConfigDict that launch/train.py's --config=`config_arg` ('path.py[:args]') gives,
+    read through ml_collections' config_flags as the launcher does."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={config_arg}"]
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return holder.value

@@ -362,17 +362,11 @@ TOY = os.path.join(ROOT, "experiments", "toy2d.py")
 @pytest.fixture(scope="module")
 def toy_workdir(tmp_path_factory):
     """A 1-step toy2d run, trained in-process (train_and_evaluate)."""
-    from absl import flags
-    from ml_collections import config_flags
-
     from diffjax.train.loop import train_and_evaluate
+    from tests.helpers import config_from_file
 
-    argv = ["prog", f"--config={TOY}:quicktest"]
-    fv = flags.FlagValues()
-    holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-    fv(argv)
     work = tmp_path_factory.mktemp("toy")
-    train_and_evaluate(holder.value, str(work))
+    train_and_evaluate(config_from_file(f"{TOY}:quicktest"), str(work))
     return work
 
 

@@ -8,14 +8,13 @@ import os
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 from PIL import Image
 
 from diffjax.samplers import count_nfe
 from diffjax.train import evaluate
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.workdir import load_trained
+from tests.helpers import config_from_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "experiments", "toy2d.py")
@@ -42,11 +41,7 @@ def test_parse_solvers_with_options():
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     """A 1-step toy2d (VP, eps) run: (spec, components, state)."""
-    argv = ["prog", f"--config={TOY}:quicktest"]
-    fv = flags.FlagValues()
-    holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-    fv(argv)
-    config = holder.value
+    config = config_from_file(f"{TOY}:quicktest")
     config.train.num_steps = 1
     workdir = tmp_path_factory.mktemp("toy")
     train_and_evaluate(config, str(workdir))

@@ -11,13 +11,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from diffjax.train import checkpoint, evaluate
 from diffjax.train.loop import train_and_evaluate
 from diffjax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, load_trained
-from tests.helpers import tree_hash
+from tests.helpers import config_from_file, tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "experiments", "toy2d.py")
@@ -26,11 +24,7 @@ TOY = os.path.join(ROOT, "experiments", "toy2d.py")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step toy2d run with checkpoints at steps 1 and 2; (workdir, final state)."""
-    argv = ["prog", f"--config={TOY}:quicktest"]
-    fv = flags.FlagValues()
-    holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-    fv(argv)
-    config = holder.value
+    config = config_from_file(f"{TOY}:quicktest")
     config.train.update(num_steps=2, keep_checkpoints=2)
     workdir = tmp_path_factory.mktemp("toy")
     state = train_and_evaluate(config, str(workdir))
