@@ -96,6 +96,38 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
+def test_step_compiled_beside_the_init_is_the_jitted_step(tmp_path, monkeypatch, caplog):
+    """A fresh run compiles its train step on a thread during the init (issue 15): the result
+    is bit for bit that of the jitted step, and a failure there falls back to the jitted step
+    (which then reports any real error itself)."""
+    from diffjax.train import loop, step
+
+    c = components()
+    with caplog.at_level("INFO"):
+        ahead = run_training(tiny_spec(4), c, str(tmp_path / "ahead"))
+    assert "train step compiled beside the init" in caplog.text
+    caplog.clear()
+    calls = []
+    make = step.make_train_step
+
+    def failing(*args, **kwargs):
+        fn = make(*args, **kwargs)
+
+        def precompile(*a):
+            calls.append(1)
+            raise RuntimeError("no compiler today")
+
+        fn.precompile = precompile
+        return fn
+
+    monkeypatch.setattr(loop, "make_train_step", failing)
+    with caplog.at_level("WARNING"):
+        jitted = run_training(tiny_spec(4), c, str(tmp_path / "jitted"))
+    assert calls == [1] and "no compiler today" in caplog.text
+    for a, b in zip(leaves(ahead), leaves(jitted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_resume_equals_uninterrupted(tmp_path, conditional):
     # The state is restored bit for bit (orbax writes the raw float32 bytes) and step n's key is

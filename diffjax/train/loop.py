@@ -50,10 +50,19 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
 
 
 def init_or_restore(
-    spec: TrainSpec, c: Components, workdir: str, mesh, tx, *, allow_fresh_start: bool = False
+    spec: TrainSpec,
+    c: Components,
+    workdir: str,
+    mesh,
+    tx,
+    *,
+    allow_fresh_start: bool = False,
+    on_fresh_start=None,
 ):
     """(state replicated over mesh, checkpoint manager): the latest good checkpoint or step 0
-    (when every checkpoint is unreadable: an error, or step 0 if `allow_fresh_start`)."""
+    (when every checkpoint is unreadable: an error, or step 0 if `allow_fresh_start`).
+    `on_fresh_start(abstract_state)` is called before a fresh state is initialised (the loop
+    starts compiling the train step there, beside the init)."""
     manager = checkpoint.make_manager(checkpoint_dir(workdir), spec.loop.keep_checkpoints)
     key = run_keys(spec.seed)["init"]
     abstract = abstract_train_state(key, c.init_params, tx)
@@ -61,6 +70,8 @@ def init_or_restore(
         manager, abstract, parallel.replicated(mesh), allow_fresh_start=allow_fresh_start
     )
     if state is None:
+        if on_fresh_start is not None:
+            on_fresh_start(abstract)
         # jitted: an eager Flax init runs op by op and takes many seconds for a U-Net on CPU
         t0 = time.time()
         init = jit_once(  # compiled at the lowest optimisation level: it runs once
@@ -279,6 +290,83 @@ def next_event(loop, done: int) -> int:
     return min([loop.num_steps] + [(done // p + 1) * p for p in periods])
 
 
+class _FirstAgain:
+    """An iterator of batches that yields `first` before the rest (the batch the step was
+    compiled ahead for is the run's first batch); `close` closes the underlying one."""
+
+    def __init__(self, first, rest):
+        self._first, self._rest = [first], rest
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._first.pop() if self._first else next(self._rest)
+
+    def close(self):
+        getattr(self._rest, "close", lambda: None)()
+
+
+class _CompileAhead:
+    """A fresh run's train step compiled on a thread while the train state is initialised:
+    the two compiles overlap, so the init's seconds no longer add to the time to the first
+    step. The program is the one the jitted step would compile (the same function, shardings
+    and first batch); if compiling ahead fails, the jitted step compiles at the first step."""
+
+    def __init__(self, step_fn, c: Components, mesh, step_key, stack: contextlib.ExitStack):
+        self.step_fn, self.c, self.mesh, self.key, self.stack = step_fn, c, mesh, step_key, stack
+        self.started = False
+
+    def start(self, abstract_state) -> None:
+        import concurrent.futures
+
+        repl = parallel.replicated(self.mesh)
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl, weak_type=a.weak_type),
+            abstract_state,
+        )
+        self.batches = self.c.batches(0)
+        self.stack.callback(getattr(self.batches, "close", lambda: None))
+        self.first = next(self.batches)
+        batch = parallel.shard_batch(self.first, self.mesh)
+        self.t0 = time.time()
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="diffjax-compile")
+        self.future = pool.submit(self.step_fn.precompile, target, batch, self.key)
+        pool.shutdown(wait=False)
+        self.started = True
+
+    def result(self):
+        """(batches from the first, the step function to call)."""
+        batches = _FirstAgain(self.first, self.batches)
+        try:
+            compiled = self.future.result()
+        except Exception as err:  # noqa: BLE001 - the jitted step then reports a real error
+            logging.warning("compiling the train step ahead failed (%s); compiling it now", err)
+            return batches, self.step_fn
+        logging.info("start-up: train step compiled beside the init, %.1f s after it started",
+                     time.time() - self.t0)  # fmt: skip
+        return batches, _Fallback(compiled, self.step_fn)
+
+
+class _Fallback:
+    """The ahead-compiled step; if its first call refuses the arguments (types or shardings
+    other than those compiled for), the jitted step from then on."""
+
+    def __init__(self, compiled, step_fn):
+        self.fn, self.step_fn, self.checked = compiled, step_fn, False
+
+    def __call__(self, state, batch, key):
+        if self.checked:
+            return self.fn(state, batch, key)
+        self.checked = True
+        try:
+            return self.fn(state, batch, key)
+        except (TypeError, ValueError) as err:
+            logging.warning("the ahead-compiled step refused the first batch (%s)", err)
+            self.fn = self.step_fn
+            return self.fn(state, batch, key)
+
+
 def _run_training(
     spec: TrainSpec,
     c: Components,
@@ -305,17 +393,19 @@ def _run_training(
     if parallel.is_primary():
         paths.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(spec.optim)
+    step_options = dict(grad_accum=loop.grad_accum, nonfinite=loop.nonfinite)
+    loss_fn = make_loss_fn(c, spec.cond)
+    step_fn = make_train_step(loss_fn, tx, spec.ema, mesh, c.frozen, **step_options)
+    ahead = _CompileAhead(step_fn, c, mesh, run_keys(spec.seed)["step"], stack)
     state, manager = init_or_restore(
-        spec, c, workdir, mesh, tx, allow_fresh_start=allow_fresh_start
-    )
+        spec, c, workdir, mesh, tx, allow_fresh_start=allow_fresh_start,
+        on_fresh_start=ahead.start if loop.steps_per_call == 1 else None,
+    )  # fmt: skip
     stack.callback(manager.close)  # waits for unfinished asynchronous writes
     start = int(jax.device_get(state.step))
     if preemption.reached(start):  # a notice during data build, init or restore
         _stop_at_start(start)
     logging.info("model parameters: %d; devices: %d", param_count(state.params), mesh.size)
-    step_options = dict(grad_accum=loop.grad_accum, nonfinite=loop.nonfinite)
-    loss_fn = make_loss_fn(c, spec.cond)
-    step_fn = make_train_step(loss_fn, tx, spec.ema, mesh, c.frozen, **step_options)
     k = loop.steps_per_call
     multi_fn = None
     if k > 1:
@@ -336,7 +426,8 @@ def _run_training(
         run_keys(spec.seed),
         config_json or {},
     )
-    batches, t0 = c.batches(start), time.time()
+    t0 = time.time()
+    batches, step_call = ahead.result() if ahead.started else (c.batches(start), step_fn)
     stack.callback(getattr(batches, "close", lambda: None))  # stops a prefetch thread
     bar = tqdm(
         initial=start,
@@ -355,7 +446,7 @@ def _run_training(
             n = k
         else:
             batch = parallel.shard_batch(next(batches), mesh)
-            state, metrics = step_fn(state, batch, run.keys["step"])
+            state, metrics = step_call(state, batch, run.keys["step"])
             run.history.append(metrics)
             n = 1
         if done == start:

@@ -161,7 +161,8 @@ def make_train_step(
     teacher model pytree) is a replicated jit argument of every call, not a constant.
 
     `steps_per_call` k > 1: the function takes a tuple of k batches (each sharded on 'data')
-    and runs `train_steps` on them in one call, returning metrics stacked [k] per name."""
+    and runs `train_steps` on them in one call, returning metrics stacked [k] per name.
+    The function's `precompile(state, batch, base_key)` compiles it ahead of time."""
     if not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"grad_accum = {grad_accum!r}: expected an integer >= 1")
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
@@ -185,4 +186,16 @@ def make_train_step(
         out_shardings=(repl, repl),
         donate_argnums=(0,),
     )
-    return lambda state, batch, base_key: jitted(state, batch, base_key, arrays)
+
+    def call(state, batch, base_key):
+        return jitted(state, batch, base_key, arrays)
+
+    def precompile(state, batch, base_key):
+        """The step compiled ahead of time for these arguments (arrays, or ShapeDtypeStructs
+        with their shardings): a function of the same signature running that program (the
+        loop compiles it on a thread while the train state is initialised)."""
+        compiled = jitted.lower(state, batch, base_key, arrays).compile()
+        return lambda s, b, k: compiled(s, b, k, arrays)
+
+    call.precompile = precompile
+    return call
