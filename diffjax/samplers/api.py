@@ -242,10 +242,11 @@ def steps_for_nfe(
     if int(nfe) < 1:
         raise ValueError(f"nfe must be >= 1; got {nfe!r}")
     count = lambda n: count_nfe(solver, process, n, prediction=prediction, **options)  # noqa: E731
-    if count(1) is None:
+    one = count(1)
+    if one is None:
         raise ValueError(f"solver {solver!r} is adaptive: its NFE is not set by the steps")
-    if count(1) > nfe:
-        raise ValueError(f"one step of {solver!r} costs {count(1)} evaluations > nfe = {nfe}")
+    if one > nfe:
+        raise ValueError(f"one step of {solver!r} costs {one} evaluations > nfe = {nfe}")
 
     def fits(n: int) -> bool:  # a grid of n intervals exists (a T-step chain has at most T)
         try:

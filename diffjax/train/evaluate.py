@@ -100,11 +100,20 @@ def expand_nfe(spec, c, items, budgets) -> list[tuple[str, int, dict]]:
 def data_examples(spec, num: int, with_labels: bool = False):
     """`num` training examples (in the model's range) from the spec's data source, and their
     labels [num] (or None when the source has none) with `with_labels`."""
-    # the global stream on every host (as one process reads it), not this host's slice: the
-    # statistics compare the gathered global sample set with the same data everywhere
-    batches = make_iterator(
+    return _take(_stream(spec), num, with_labels)
+
+
+def _stream(spec):
+    """The spec's global data stream on every host (as one process reads it), not this host's
+    slice: the statistics compare the gathered global sample set with the same data everywhere.
+    Its `info['num_examples']` is one epoch's size (absent for an endless stream, e.g. toy)."""
+    return make_iterator(
         dataclasses.replace(spec.data, prefetch=0), process_index=0, process_count=1
     )
+
+
+def _take(batches, num: int, with_labels: bool = False):
+    """The first `num` examples of a stream (and their labels, see `data_examples`)."""
     out, labels, have = [], [], 0
     key = batches.info.get("key", "image")
     while have < num:
@@ -298,21 +307,13 @@ def evaluate_solvers(
         else:
             sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
         draws, seconds = [], []
-        for r in range(repeats):
-            draw_key = jax.random.fold_in(key, i)
-            if r:  # the first draw is the one repeats=1 makes
-                draw_key = jax.random.fold_in(draw_key, 1_000_000 + r)
+        base = (jax.random.fold_in(key, i), jax.random.fold_in(key, 10_000 + i))
+        for r in range(repeats):  # draw 0 is the one repeats=1 makes; draw r folds in r
+            draw_key, metric_key = base if r == 0 else (jax.random.fold_in(k, r) for k in base)
             t0 = time.time()
             samples = np.asarray(sampler(state.ema_params, draw_key))
             seconds.append(time.time() - t0)
-            metric_key = jax.random.fold_in(key, 10_000 + i)
-            if r:
-                metric_key = jax.random.fold_in(metric_key, r)
-            draws.append(
-                point_metrics(metric_key, samples, data)
-                if data.ndim == 2
-                else image_metrics(metric_key, samples, data, features, classifier, workdir, name)
-            )
+            draws.append(_metrics(metric_key, samples, data, features, classifier, workdir, name))
         nfe = count_nfe(sspec.solver, c.process, sspec.steps or None, prediction=spec.prediction,
                         **sspec.kwargs)  # fmt: skip
         row = {"solver": solver_label(solver, options), "steps": steps, "nfe": nfe, "num": num}
@@ -336,12 +337,11 @@ def _combine(draws: list[dict]) -> dict:
     return out
 
 
-def _stream_size(spec) -> int | None:
-    """Examples in one epoch of the spec's data stream (None: an endless stream, e.g. toy)."""
-    batches = make_iterator(
-        dataclasses.replace(spec.data, prefetch=0), process_index=0, process_count=1
-    )
-    return batches.info.get("num_examples")
+def _metrics(key, samples, data, features, classifier, workdir, name="") -> dict[str, float]:
+    """A row's metrics of `samples` against `data`: points or images."""
+    if np.ndim(data) == 2:
+        return point_metrics(key, samples, data)
+    return image_metrics(key, samples, data, features, classifier, workdir, name)
 
 
 def data_floor_rows(key, spec, num: int, inception: bool = True, workdir: str | None = None,
@@ -354,16 +354,18 @@ def data_floor_rows(key, spec, num: int, inception: bool = True, workdir: str | 
     examples; 25k against 25k). The toy mixtures and the bundled digits have no held-out split:
     they get only the halves row, with a warning; a missing test split elsewhere is the data
     source's own error (FileNotFoundError naming the folder)."""
-    total = _stream_size(spec)
+    train = _stream(spec)
+    total = train.info.get("num_examples")
     half = num if total is None else min(num, total // 2)
-    reference = data_examples(spec, max(num, 2 * half))
+    reference = _take(train, max(num, 2 * half))
     candidates = [("data:train_halves", reference[half : 2 * half], reference[:half])]
     if spec.data.name.startswith("toy_") or spec.data.name == "digits":
         logging.warning("%s has no held-out split: the data floor is the halves row only",
                         spec.data.name)  # fmt: skip
     else:
         test_spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, split="test"))
-        held_out = data_examples(test_spec, min(num, _stream_size(test_spec) or num))
+        test = _stream(test_spec)
+        held_out = _take(test, min(num, test.info.get("num_examples") or num))
         candidates.insert(0, ("data:test_vs_train", held_out, reference[:num]))
     features = inception_fn() if reference.ndim == 4 and inception else None
     classifier = None
@@ -373,11 +375,7 @@ def data_floor_rows(key, spec, num: int, inception: bool = True, workdir: str | 
     rows = []
     for i, (label, examples, against) in enumerate(candidates):
         metric_key = jax.random.fold_in(key, 30_000 + i)
-        values = (
-            point_metrics(metric_key, examples, against)
-            if reference.ndim == 2
-            else image_metrics(metric_key, examples, against, features, classifier, workdir)
-        )
+        values = _metrics(metric_key, examples, against, features, classifier, workdir)
         rows.append({"solver": label, "steps": 0, "nfe": 0, "num": len(examples), **values})
         logging.info("%s", rows[-1])
     return rows

@@ -396,7 +396,8 @@ def _run_training(
     step_options = dict(grad_accum=loop.grad_accum, nonfinite=loop.nonfinite)
     loss_fn = make_loss_fn(c, spec.cond)
     step_fn = make_train_step(loss_fn, tx, spec.ema, mesh, c.frozen, **step_options)
-    ahead = _CompileAhead(step_fn, c, mesh, run_keys(spec.seed)["step"], stack)
+    keys = run_keys(spec.seed)
+    ahead = _CompileAhead(step_fn, c, mesh, keys["step"], stack)
     state, manager = init_or_restore(
         spec, c, workdir, mesh, tx, allow_fresh_start=allow_fresh_start,
         on_fresh_start=ahead.start if loop.steps_per_call == 1 else None,
@@ -423,7 +424,7 @@ def _run_training(
         manager,
         stack.enter_context(MetricWriter(workdir, resume_step=start)),  # drops rows > start
         sampler,
-        run_keys(spec.seed),
+        keys,
         config_json or {},
     )
     t0 = time.time()
