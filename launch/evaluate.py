@@ -4,9 +4,11 @@
       --num=1000 [--bpd_num=256] [--elbo_num=256] [--straightness_num=1000]
 
 Prints a table (one row per solver:steps, with its model evaluations) and writes
-`<workdir>/eval_<step>.json` and the plot `<workdir>/eval_<step>.png` (quality against NFE, a
-line per solver). An NFE table (the shape of Song et al. 2021's DDIM Table 1 and Lu et al.
-2022's DPM-Solver Table 3): solvers with options and no steps, and budgets of evaluations,
+`<workdir>/eval_<step>[_<tag>].json` and the plot `<workdir>/eval_<step>[_<tag>].png` (quality
+against NFE, a line per solver); `--tag` names an evaluation so that several of one checkpoint
+(different sample counts, metrics, solvers) each keep their own files. An NFE table (the
+shape of Song et al. 2021's DDIM Table 1 and Lu et al. 2022's DPM-Solver Table 3): solvers
+with options and no steps, and budgets of evaluations,
 
   python launch/evaluate.py --workdir=... --num=1000 --repeats=3 --floor \
       --solvers=ddpm,ddim,dpm_solver/order=2,dpm_solver/order=3,dpm_solver_pp,heun,plms \
@@ -41,6 +43,7 @@ set_cpu_device_count()
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -53,9 +56,17 @@ from diffjax.train.checkpoint import quiet_orbax_logging  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir with checkpoints")
 _SOLVERS = flags.DEFINE_string("solvers", "ddim:10,ddim:50", "comma-separated solver:steps")
 _NUM = flags.DEFINE_integer("num", 1000, "samples (and data examples) per row")
-_BPD_NUM = flags.DEFINE_integer("bpd_num", 0, "data examples for bits/dim (0: skip)")
+_BPD_NUM = flags.DEFINE_integer(
+    "bpd_num",
+    0,
+    "held-out examples (the test split where the data have one) for the "
+    "probability-flow ODE bits/dim (0: skip)",
+)
 _ELBO_NUM = flags.DEFINE_integer(
-    "elbo_num", 0, "data examples for the exact discrete DDPM bound in bits/dim (0: skip)"
+    "elbo_num",
+    0,
+    "held-out examples (the test split where the data have one) for the exact "
+    "discrete DDPM bound in bits/dim (0: skip)",
 )
 _STRAIGHT = flags.DEFINE_integer(
     "straightness_num", 0, "noise draws for Liu et al.'s straightness and transport cost "
@@ -96,6 +107,12 @@ _NFE = flags.DEFINE_string(
 _REPEATS = flags.DEFINE_integer("repeats", 1, "independent draws per row (means and _std)")
 _FLOOR = flags.DEFINE_bool("floor", False, "add the data floor rows (test vs train, halves)")
 _SEED = flags.DEFINE_integer("seed", 0, "evaluation seed")
+_TAG = flags.DEFINE_string(
+    "tag",
+    "",
+    "name of this evaluation: its files are eval_<step>_<tag>.json/.png (letters, "
+    "digits, '-' and '_')",
+)
 _INCEPTION = flags.DEFINE_bool(
     "inception", True, "FID/KID/precision/recall on FID-Inception features (slow on CPU)"
 )
@@ -133,6 +150,8 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/diffjax-jax"))
     if _ADHERENCE.value > 0:
         return _adherence_report()
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", _TAG.value):
+        raise app.UsageError(f"--tag={_TAG.value!r}: use letters, digits, '-' and '_' only")
     pairs = evaluate.parse_solvers(_SOLVERS.value)
     budgets = _budgets(_NFE.value)
     if budgets and any(steps for _, steps, _ in pairs):
@@ -195,7 +214,8 @@ def main(argv):
     for name in ("likelihood", "elbo", "straightness", "variance_bpd", "variance_rows"):
         if name in result:
             print(f"{name}:", json.dumps(result[name]))
-    path = paths.workdir_path(_WORKDIR.value) / f"eval_{result['step']:07d}.json"
+    tag = f"_{_TAG.value}" if _TAG.value else ""
+    path = paths.workdir_path(_WORKDIR.value) / f"eval_{result['step']:07d}{tag}.json"
     if parallel.is_primary():
         paths.write_json(path, result)  # any filesystem of the workdir
         plot = evaluate.save_nfe_plot(path.with_suffix(".png"), result["rows"])

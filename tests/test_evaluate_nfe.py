@@ -116,3 +116,59 @@ def test_data_floor_uses_the_test_split_and_disjoint_halves(tmp_path):
     )  # distinct images: no row compares a set with itself
     rows = evaluate.data_floor_rows(jax.random.PRNGKey(0), spec, 32, inception=False)
     assert [r["num"] for r in rows] == [12, 20]
+
+
+def test_data_features_computed_once_across_rows():
+    calls = []
+
+    def features(x):
+        calls.append(len(x))
+        return np.asarray(x).reshape(len(x), -1)[:, :2] * 2.0
+
+    data, samples = np.ones((5, 3, 3, 1)), np.zeros((4, 3, 3, 1))
+    reuse = evaluate._reusing(features, data)
+    for _ in range(3):  # three rows: the data's features once, each row's samples each time
+        np.testing.assert_array_equal(reuse(data), features(data))
+        np.testing.assert_array_equal(reuse(samples), np.zeros((4, 2)))
+    assert calls == [5, 5, 4, 5, 4, 5, 4]  # the 5s after the first: the direct calls above
+    assert evaluate._reusing(None, data) is None
+    # a different array with the data's values is not the data: computed, not looked up
+    reuse(data.copy())
+    assert calls[-1] == 5 and len(calls) == 8
+
+
+def test_likelihoods_read_the_held_out_split(tmp_path, toy_run, monkeypatch):
+    import dataclasses
+
+    from diffjax.data.sources import DataConfig
+    from tests.helpers import write_idx
+
+    rng = np.random.default_rng(1)
+    images = {"train": rng.integers(0, 256, (40, 8, 8)), "t10k": rng.integers(0, 256, (12, 8, 8))}
+    for prefix, x in images.items():
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, len(x)))
+    data = DataConfig(name="mnist_idx", batch_size=4, data_dir=str(tmp_path), random_flip=True)
+    spec = dataclasses.make_dataclass("Spec", [("data", DataConfig)])(data)
+    test_spec, split = evaluate.held_out(spec)
+    assert (split, test_spec.data.split, test_spec.data.random_flip) == ("test", "test", False)
+    held = evaluate.data_examples(test_spec, 12)  # the 12 test images, in the model's range
+    as_bytes = lambda x: {r.tobytes() for r in np.rint((x + 1) * 127.5).astype(np.uint8)}  # noqa: E731
+    assert as_bytes(held.reshape(12, 8, 8)) == as_bytes(images["t10k"] / 127.5 - 1)
+    # both bounds take their examples from that split; the toy source has none: 'train'
+    seen = []
+    real = evaluate.data_examples
+    monkeypatch.setattr(evaluate, "data_examples", lambda s, n, **kw: (
+        seen.append(s.data.split), real(s, n, **kw))[1])  # fmt: skip
+    toy_spec, c, state = toy_run  # a continuous VP run: the ODE likelihood only
+    out = evaluate.likelihood_bits_per_dim(jax.random.PRNGKey(0), toy_spec, c, state, 4)
+    assert out["split"] == "train" and np.isfinite(out["bpd"]) and seen == ["train"]
+    # the source with a test split: the ODE bound of a model of its 8x8 images reads 'test'
+    # (the toy model is not of images: only the examples read are checked, then it stops)
+    import importlib
+
+    likelihood = importlib.import_module("diffjax.likelihood")  # the module, not the function
+    monkeypatch.setattr(likelihood, "nll_dataset", lambda *a, **k: {"bpd": 0.0})
+    image_spec = dataclasses.replace(toy_spec, data=data)
+    out = evaluate.likelihood_bits_per_dim(jax.random.PRNGKey(0), image_spec, c, state, 4)
+    assert out["split"] == "test" and seen == ["train", "test"]

@@ -150,6 +150,7 @@ def test_evaluate_program(digits_workdir):
     # values are checked against closed forms in tests/test_losses_bounds.py)
     elbo = result["elbo"]
     assert elbo["elbo_bpd"] > 0 and np.isfinite(elbo["elbo_bpd_stderr"])
+    assert elbo["split"] == "train"  # the bundled digits have no test split (MNIST: 'test')
     assert (digits_workdir / "classifier" / "classifier.json").exists()  # cached once
     # read-only on the run: every file there before is unchanged, nothing moved or removed;
     # the additions are the result and the evaluation caches
@@ -181,8 +182,17 @@ def test_evaluate_program_nfe_table(digits_workdir):
     ]  # fmt: skip
     assert all(np.isfinite(r["fd_classifier"]) for r in result["rows"])
     assert Image.open(digits_workdir / "eval_0000004.png").size == (600, 400)
+    # a second, tagged evaluation of the same checkpoint keeps the first one's files
+    out = run("evaluate.py", f"--workdir={digits_workdir}", "--solvers=ddim", "--nfe=3",
+              "--num=8", "--noinception", "--tag=few")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    tagged = json.load(open(digits_workdir / "eval_0000004_few.json"))
+    assert [(r["solver"], r["nfe"], r["num"]) for r in tagged["rows"]] == [("ddim", 3, 8)]
+    assert json.load(open(digits_workdir / "eval_0000004.json")) == result
     out = run("evaluate.py", f"--workdir={digits_workdir}", "--solvers=ddim:3", "--nfe=4")
     assert out.returncode != 0 and "--nfe='4' sets the steps" in out.stderr
+    out = run("evaluate.py", f"--workdir={digits_workdir}", "--tag=a/b")
+    assert out.returncode != 0 and "--tag='a/b'" in out.stderr
 
 
 def test_programs_import_the_installed_package_and_no_diffrax_at_start():

@@ -103,6 +103,19 @@ def data_examples(spec, num: int, with_labels: bool = False):
     return _take(_stream(spec), num, with_labels)
 
 
+def held_out(spec):
+    """(the spec reading its data source's 'test' split without flips, 'test'), or (spec,
+    'train') with a warning for the sources that have no held-out split (the toy mixtures and
+    the bundled digits). A missing test split elsewhere is the data source's own error when
+    read (FileNotFoundError naming the folder)."""
+    if spec.data.name.startswith("toy_") or spec.data.name == "digits":
+        logging.warning("%s has no held-out split: its training examples are used",
+                        spec.data.name)  # fmt: skip
+        return spec, "train"
+    data = dataclasses.replace(spec.data, split="test", random_flip=False)
+    return dataclasses.replace(spec, data=data), "test"
+
+
 def _stream(spec):
     """The spec's global data stream on every host (as one process reads it), not this host's
     slice: the statistics compare the gathered global sample set with the same data everywhere.
@@ -279,7 +292,7 @@ def evaluate_solvers(
             name = f"{spec.text.captions}_{layout}_"
     else:
         data = data_examples(spec, num)
-    features = inception_fn() if data.ndim == 4 and inception else None
+    features = _reusing(inception_fn() if data.ndim == 4 and inception else None, data)
     classifier = None
     if workdir is not None and data.ndim == 4:
         classifier = classifier_fn(
@@ -326,6 +339,24 @@ def evaluate_solvers(
     return rows
 
 
+def _reusing(features, data):
+    """`features` with the data's own features computed once (None stays None): every row
+    compares its samples with the same data array, and the Inception features of 1000 images
+    take minutes on a CPU."""
+    if features is None:
+        return None
+    cache = []
+
+    def call(x):
+        if x is not data:
+            return features(x)
+        if not cache:
+            cache.append(features(data))
+        return cache[0]
+
+    return call
+
+
 def _combine(draws: list[dict]) -> dict:
     """Metric dicts of repeated draws -> their means and, for several, `<key>_std` (ddof 1)."""
     if len(draws) == 1:
@@ -359,14 +390,11 @@ def data_floor_rows(key, spec, num: int, inception: bool = True, workdir: str | 
     half = num if total is None else min(num, total // 2)
     reference = _take(train, max(num, 2 * half))
     candidates = [("data:train_halves", reference[half : 2 * half], reference[:half])]
-    if spec.data.name.startswith("toy_") or spec.data.name == "digits":
-        logging.warning("%s has no held-out split: the data floor is the halves row only",
-                        spec.data.name)  # fmt: skip
-    else:
-        test_spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, split="test"))
+    test_spec, split = held_out(spec)
+    if split == "test":  # else only the halves row
         test = _stream(test_spec)
-        held_out = _take(test, min(num, test.info.get("num_examples") or num))
-        candidates.insert(0, ("data:test_vs_train", held_out, reference[:num]))
+        test_examples = _take(test, min(num, test.info.get("num_examples") or num))
+        candidates.insert(0, ("data:test_vs_train", test_examples, reference[:num]))
     features = inception_fn() if reference.ndim == 4 and inception else None
     classifier = None
     if workdir is not None and reference.ndim == 4:
@@ -427,10 +455,12 @@ def save_nfe_plot(path, rows: list[dict], metric: str | None = None) -> str | No
 def likelihood_bits_per_dim(
     key, spec, c, state, num: int, batch_size: int = 64
 ) -> dict[str, float]:
-    """Probability-flow-ODE bits/dim of `num` data examples (images: 8-bit dequantised)."""
+    """Probability-flow-ODE bits/dim of `num` held-out examples (`held_out`: the test split
+    where the source has one; images: 8-bit dequantised), with `split` saying which."""
     from diffjax.likelihood import nll_dataset
 
-    data = data_examples(spec, num)
+    eval_spec, split = held_out(spec)
+    data = data_examples(eval_spec, num)
     model = lambda x, t: c.apply(state.ema_params, x, t, None, train=False, key=None)
     result = nll_dataset(
         key,
@@ -441,20 +471,22 @@ def likelihood_bits_per_dim(
         prediction=spec.prediction,
         dequantized=data.ndim == 4,
     )
-    return {k: float(v) for k, v in result.items() if np.ndim(v) == 0}
+    return {**{k: float(v) for k, v in result.items() if np.ndim(v) == 0}, "split": split}
 
 
 def elbo_bits_per_dim(key, spec, c, state, num: int, batch_size: int = 32) -> dict[str, float]:
     """The discrete DDPM bound (`losses.vlb`, every one of the T terms summed exactly, the
     discretised decoder for 8-bit images) in bits/dim over `num` data examples, with its
-    standard error over examples. Only for Discrete chains."""
+    standard error over examples (`held_out`: the test split where the source has one, named
+    in `split`). Only for Discrete chains."""
     from diffjax import losses
 
     if getattr(c.process, "num_steps", None) is None:  # a continuous-time process
         raise ValueError(
             f"the discrete bound needs a Discrete chain; this run trains {type(c.process).__name__}"
         )
-    data = data_examples(spec, num)
+    eval_spec, split = held_out(spec)
+    data = data_examples(eval_spec, num)
     model = lambda x, t: c.apply(state.ema_params, x, t, None, train=False, key=None)
     decoder = "discretized" if data.ndim == 4 else "gaussian"
     bound = jax.jit(
@@ -471,6 +503,7 @@ def elbo_bits_per_dim(key, spec, c, state, num: int, batch_size: int = 32) -> di
     return {
         "elbo_bpd": float(per.mean()),
         "elbo_bpd_stderr": float(per.std(ddof=1) / np.sqrt(len(per))),
+        "split": split,
     }
 
 
