@@ -86,3 +86,31 @@ def test_last_step_returns_x0_prediction(x64, name, proc, steps, model_kind):
         expected = toy.denoiser(gauss, process, x_prev, jnp.full((8,), t_prev, jnp.float64))
     assert x.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(x), np.asarray(expected), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_never_evaluates_the_model_at_sigma_zero(x64, order):
+    """Singlestep DPM-Solver's step to x_0 of a chain is first order: its intermediate points
+    would sit at lambda = inf (t = 0), where a chain's model is never trained. A model that is
+    wrong by 1e6 at t = 0 leaves the result exact (order 2 used that output, weighted by
+    sigma_t / alpha_t, before; measured on the MNIST U-Net: classifier FD 939 in 5 steps), and
+    the step makes one evaluation: NFE = order * steps - (order - 1)."""
+    from diffjax.samplers import count_nfe
+    from tests.helpers import counting_model
+
+    gauss = toy.gaussian(np.array([0.5, -1.0]), np.array([[1.0, 0.3], [0.3, 0.5]]))
+    gauss = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), gauss)
+    clean = toy.exact_model(gauss, CHAIN, "x0")
+    poisoned = lambda x, t: clean(x, t) + 1e6 * jnp.any(jnp.asarray(t) == 0)  # noqa: E731
+    x, info = sample(jax.random.PRNGKey(3), poisoned, CHAIN, (8, 2), solver="dpm_solver",
+                     order=order, steps=6, prediction="x0", t_max=1.0 - 1e-3, t_min=0.0,
+                     return_info=True, return_trajectory=True)  # fmt: skip
+    x_prev, t_prev = info["trajectory"][-2], info["ts"][-2]
+    expected = toy.denoiser(gauss, CHAIN, x_prev, jnp.full((8,), t_prev, jnp.float64))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(expected), rtol=0, atol=1e-12)
+    counted, calls = counting_model()
+    sample(jax.random.PRNGKey(3), counted, CHAIN, (8, 2), solver="dpm_solver", order=order,
+           steps=6, t_max=1.0 - 1e-3, t_min=0.0)  # fmt: skip
+    jax.effects_barrier()
+    assert len(calls) == count_nfe("dpm_solver", CHAIN, 6, order=order, t_max=1.0 - 1e-3,
+                                   t_min=0.0) == order * 6 - (order - 1)  # fmt: skip
