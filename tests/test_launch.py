@@ -137,6 +137,7 @@ def test_evaluate_program(digits_workdir):
         "--num=20",
         "--noinception",  # Inception features of 40 images take minutes on 2 CPU cores
         "--elbo_num=4",
+        "--bpd_num=2",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(digits_workdir / "eval_0000004.json"))
@@ -151,6 +152,9 @@ def test_evaluate_program(digits_workdir):
     elbo = result["elbo"]
     assert elbo["elbo_bpd"] > 0 and np.isfinite(elbo["elbo_bpd_stderr"])
     assert elbo["split"] == "train"  # the bundled digits have no test split (MNIST: 'test')
+    # the ODE bits/dim of 8-bit images: their levels dequantised (values: test_likelihood.py)
+    ode = result["likelihood"]
+    assert ode["split"] == "train" and ode["bpd"] > 0 and np.isfinite(ode["bpd_stderr"])
     assert (digits_workdir / "classifier" / "classifier.json").exists()  # cached once
     # read-only on the run: every file there before is unchanged, nothing moved or removed;
     # the additions are the result and the evaluation caches
@@ -176,9 +180,11 @@ def test_evaluate_program_nfe_table(digits_workdir):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(digits_workdir / "eval_0000004.json"))
     got = [(r["solver"], r["steps"], r["nfe"]) for r in result["rows"]]
+    # the digits chain ends at x_0 (sigma = 0): DPM-Solver-2's last step is first order, so
+    # n steps make 2 n - 1 evaluations
     assert got == [
-        ("ddim", 2, 2), ("ddim", 4, 4), ("dpm_solver/order=2", 1, 2),
-        ("dpm_solver/order=2", 2, 4), ("data:train_halves", 0, 0),
+        ("ddim", 2, 2), ("ddim", 4, 4), ("dpm_solver/order=2", 1, 1),
+        ("dpm_solver/order=2", 2, 3), ("data:train_halves", 0, 0),
     ]  # fmt: skip
     assert all(np.isfinite(r["fd_classifier"]) for r in result["rows"])
     assert Image.open(digits_workdir / "eval_0000004.png").size == (600, 400)
