@@ -172,3 +172,25 @@ def test_likelihoods_read_the_held_out_split(tmp_path, toy_run, monkeypatch):
     image_spec = dataclasses.replace(toy_spec, data=data)
     out = evaluate.likelihood_bits_per_dim(jax.random.PRNGKey(0), image_spec, c, state, 4)
     assert out["split"] == "test" and seen == ["train", "test"]
+
+
+def test_merge_evals_replaces_a_rerun_solver_in_place(tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import merge_evals
+
+    row = lambda s, n, v, num=8: {"solver": s, "steps": n, "nfe": n, "num": num, "fid": v}  # noqa: E731
+    first = [row("ddim", 5, 9.0), row("dpm", 3, 99.0), row("dpm", 6, 98.0), row("heun", 2, 7.0)]
+    second = [row("dpm", 4, 5.0), row("dpm", 8, 4.0), row("ddim", 5, 8.0, num=16)]
+    for name, rows in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+    merged = merge_evals.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    # the re-run solver's rows replace all its earlier ones at that sample count, in place; a
+    # new sample count is a new row
+    assert [(r["solver"], r["steps"], r["num"]) for r in merged] == [
+        ("ddim", 5, 8), ("dpm", 4, 8), ("dpm", 8, 8), ("heun", 2, 8), ("ddim", 5, 16),
+    ]  # fmt: skip
+    table = merge_evals.markdown([{**merged[0], "fid_std": 0.5}])
+    assert "| ddim | 5 | 5 | 8 | 9 ± 0.5 |" in table
