@@ -4,9 +4,10 @@ markdown table and one quality-against-NFE plot (the tables of BASELINES.md).
   python benchmarks/merge_evals.py --plot=out.png workdir/eval_0008000_nfe.json \
       workdir/eval_0008000_nfe1000.json ...
 
-A later file's rows of a solver at a sample count replace every earlier row of that solver at
-that count, in their place (a re-run of the solver, after a fix, at other steps); other rows
-are kept in file order (later solvers, NFE budgets and sample counts are added after them).
+A later row replaces an earlier one of the same solver, steps and sample count; with
+`--rerun=SOLVER,...` a later file's rows of those solvers replace all their earlier rows at that
+sample count, in their place (a solver re-run after a fix, at other steps); other rows are kept
+in file order (new solvers, NFE budgets and sample counts are added after them).
 Columns: the quality metrics present in any row, as `mean ± std` where the row has repeated
 draws, and the sampling seconds. Prints the table; with --plot also writes the plot
 (diffjax.train.evaluate.save_nfe_plot; the metric given by --metric, default its first of fid,
@@ -25,15 +26,19 @@ from diffjax.train.evaluate import save_nfe_plot
 METRICS = ("fid", "fd_classifier", "kid", "precision", "recall", "sw_pixels")
 
 
-def merge(files: list[str]) -> list[dict]:
+def merge(files: list[str], rerun: tuple[str, ...] = ()) -> list[dict]:
     rows: list[dict] = []
     for name in files:
         with open(name) as f:
             groups: dict[tuple, list[dict]] = {}
             for row in json.load(f)["rows"]:
-                groups.setdefault((row["solver"], row["num"]), []).append(row)
-        for key, group in groups.items():
-            at = [i for i, r in enumerate(rows) if (r["solver"], r["num"]) == key]
+                steps = None if row["solver"] in rerun else row["steps"]
+                groups.setdefault((row["solver"], row["num"], steps), []).append(row)
+        for (solver, num, steps), group in groups.items():
+            at = [
+                i for i, r in enumerate(rows)
+                if (r["solver"], r["num"]) == (solver, num) and steps in (None, r["steps"])
+            ]  # fmt: skip
             rows = [r for i, r in enumerate(rows) if i not in at]
             place = at[0] if at else len(rows)
             rows[place:place] = group
@@ -62,8 +67,9 @@ def main(argv=None) -> None:
     p.add_argument("files", nargs="+", help="eval_<step>[_<tag>].json files, earliest first")
     p.add_argument("--plot", default="", help="write the quality-against-NFE plot here")
     p.add_argument("--metric", default=None, help="the plotted row key")
+    p.add_argument("--rerun", default="", help="comma-separated solvers re-run in later files")
     args = p.parse_args(argv)
-    rows = merge(args.files)
+    rows = merge(args.files, tuple(filter(None, args.rerun.split(","))))
     print(markdown(rows))
     if args.plot:
         common = collections.Counter(r["num"] for r in rows).most_common(1)[0][0]

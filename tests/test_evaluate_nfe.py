@@ -183,14 +183,21 @@ def test_merge_evals_replaces_a_rerun_solver_in_place(tmp_path):
 
     row = lambda s, n, v, num=8: {"solver": s, "steps": n, "nfe": n, "num": num, "fid": v}  # noqa: E731
     first = [row("ddim", 5, 9.0), row("dpm", 3, 99.0), row("dpm", 6, 98.0), row("heun", 2, 7.0)]
-    second = [row("dpm", 4, 5.0), row("dpm", 8, 4.0), row("ddim", 5, 8.0, num=16)]
+    second = [row("dpm", 4, 5.0), row("dpm", 8, 4.0), row("ddim", 5, 8.0, num=16),
+              row("heun", 9, 6.0), row("ddim", 5, 7.0)]  # fmt: skip
     for name, rows in (("a.json", first), ("b.json", second)):
         (tmp_path / name).write_text(json.dumps({"rows": rows}))
-    merged = merge_evals.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     # the re-run solver's rows replace all its earlier ones at that sample count, in place; a
-    # new sample count is a new row
-    assert [(r["solver"], r["steps"], r["num"]) for r in merged] == [
-        ("ddim", 5, 8), ("dpm", 4, 8), ("dpm", 8, 8), ("heun", 2, 8), ("ddim", 5, 16),
+    # new budget or sample count is a new row; the same solver, steps and count replace one
+    merged = merge_evals.merge(files, rerun=("dpm",))
+    assert [(r["solver"], r["steps"], r["num"], r["fid"]) for r in merged] == [
+        ("ddim", 5, 8, 7.0), ("dpm", 4, 8, 5.0), ("dpm", 8, 8, 4.0), ("heun", 2, 8, 7.0),
+        ("ddim", 5, 16, 8.0), ("heun", 9, 8, 6.0),
+    ]  # fmt: skip
+    kept = merge_evals.merge(files)  # no re-run: the old dpm rows stay beside the new ones
+    assert [(r["solver"], r["steps"]) for r in kept][:5] == [
+        ("ddim", 5), ("dpm", 3), ("dpm", 6), ("heun", 2), ("dpm", 4),
     ]  # fmt: skip
     table = merge_evals.markdown([{**merged[0], "fid_std": 0.5}])
-    assert "| ddim | 5 | 5 | 8 | 9 ± 0.5 |" in table
+    assert "| ddim | 5 | 5 | 8 | 7 ± 0.5 |" in table
