@@ -11,8 +11,9 @@ Data are random arrays (throughput does not depend on the values); the loss is L
   python benchmarks/train.py --options --models unet_tiny --batch_sizes 32 --rounds 5
 
 instead times the train-step options side by side on one model and batch size: the plain
-step, steps_per_call=4 (lax.scan over 4 steps per call), grad_accum=2, remat and bfloat16
-compute. Each is compiled first; then every round times `--steps` optimiser steps of each
+step, steps_per_call=4 (4 steps per call), grad_accum=2, remat and bfloat16 compute; the two
+scans once as `make_train_step` compiles them on this backend (unrolled on CPU) and once as a
+rolled `lax.scan` ("scan"). Each is compiled first; then every round times `--steps` optimiser steps of each
 option in turn (interleaved, so a change in the machine's load hits all of them alike), and
 the table gives the median examples/s over the rounds, the min-max spread and the ratio to the
 plain step, with the load average (`os.getloadavg`) before and after.
@@ -109,7 +110,9 @@ def bench(name, kwargs, shape, batch, steps, mesh) -> dict:
 OPTIONS = {
     "plain": ({}, {}),
     "steps_per_call=4": ({}, {"steps_per_call": 4}),
+    "steps_per_call=4 scan": ({}, {"steps_per_call": 4, "unroll": False}),
     "grad_accum=2": ({}, {"grad_accum": 2}),
+    "grad_accum=2 scan": ({}, {"grad_accum": 2, "unroll": False}),
     "remat": ({"remat": True}, {}),
     "bfloat16": ({"dtype": jnp.bfloat16}, {}),
 }
@@ -152,12 +155,12 @@ def main_options(args, mesh, shape) -> None:
     load1 = os.getloadavg()
     base = float(np.median(r["plain"]["eps"]))
     print(f"{name}, batch {batch}, {args.steps} steps x {args.rounds} interleaved rounds")
-    print(f"{'option':<20}{'first step s':>14}{'ex/s median':>13}{'min-max':>17}{'ratio':>8}")
+    print(f"{'option':<24}{'first step s':>14}{'ex/s median':>13}{'min-max':>17}{'ratio':>8}")
     for option, v in r.items():
         eps = np.asarray(v["eps"])
         spread = f"{eps.min():.0f}-{eps.max():.0f}"
         print(
-            f"{option:<20}{v['first']:>14.2f}{np.median(eps):>13.0f}{spread:>17}"
+            f"{option:<24}{v['first']:>14.2f}{np.median(eps):>13.0f}{spread:>17}"
             f"{np.median(eps) / base:>8.2f}"
         )
     print(f"load average (1, 5, 15 min): before {load0}, after {load1}")

@@ -70,8 +70,9 @@ def key_free_loss(model, key, x0, process, *, cond=None):
     return err, {"mse": err}
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_grad_accum_equals_the_plain_step(k):
+@pytest.mark.parametrize("k,unroll", [(2, None), (4, None), (4, False)])
+def test_grad_accum_equals_the_plain_step(k, unroll):
+    # unroll None: the scan unrolled, as make_train_step compiles it on CPU; False: rolled
     # SGD: the update is -lr * grad, so params after one step compare the averaged micro-batch
     # gradient with the full-batch gradient directly (Adam's g / |g| would hide a scale error).
     c = components()
@@ -90,7 +91,7 @@ def test_grad_accum_equals_the_plain_step(k):
     base = jax.random.PRNGKey(1)
     results = {}
     for n in (1, k):
-        step = make_train_step(loss_fn, tx, EmaSpec(decay=0.5), mesh, grad_accum=n)
+        step = make_train_step(loss_fn, tx, EmaSpec(decay=0.5), mesh, grad_accum=n, unroll=unroll)
         state = jax.tree.map(jnp.copy, init)  # donated
         state, metrics = step(state, parallel.shard_batch(batch, mesh), base)
         results[n] = (state, jax.device_get(metrics))
@@ -141,6 +142,27 @@ def test_steps_per_call_equals_single_steps_and_resumes(tmp_path):
     assert [r["step"] for r in read_metrics(str(tmp_path / "split" / "metrics.jsonl"))] == [
         3, 5, 6, 8,
     ]  # fmt: skip
+
+
+def test_steps_per_call_rolled_and_unrolled_agree():
+    # the loop's k-step call unrolls its scan on CPU; the rolled scan (other backends) must
+    # take the same two steps
+    from diffjax.train.components import make_loss_fn
+    from diffjax.train.spec import CondSpec
+
+    c, tx, mesh = components(), optax.adam(1e-2), parallel.make_mesh()
+    init = create_train_state(jax.random.PRNGKey(0), c.init_params, tx)
+    it = iter(c.batches(0))
+    batches = tuple(parallel.shard_batch(next(it), mesh) for _ in range(2))
+    out = {}
+    for unroll in (False, True):
+        step = make_train_step(make_loss_fn(c, CondSpec()), tx, EmaSpec(decay=0.5), mesh,
+                               steps_per_call=2, unroll=unroll)  # fmt: skip
+        out[unroll] = step(jax.tree.map(jnp.copy, init), batches, jax.random.PRNGKey(1))
+    assert int(out[True][0].step) == int(out[False][0].step) == 2
+    assert_trees_close(out[True][0], out[False][0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out[True][1]["loss"], out[False][1]["loss"], rtol=1e-6)
+    assert not np.allclose(leaves(out[True][0].params)[0], leaves(init.params)[0])
 
 
 # ----------------------------------------------------------------------------- remat

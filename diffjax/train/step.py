@@ -48,12 +48,12 @@ def _ema_decay(ema: EmaSpec, step: Array) -> Array:
     return ema_decay(ema, step) if schedule is None else schedule.ema_decay(step)
 
 
-def _loss_and_grads(loss_fn, params, key, batch, kwargs, grad_accum: int):
+def _loss_and_grads(loss_fn, params, key, batch, kwargs, grad_accum: int, unroll: bool = False):
     """((loss, aux), grads) of `loss_fn` on `batch`; with grad_accum k > 1 the batch is split
     into k micro-batches (micro-batch i: rows i, i + k, i + 2k, ..., so each device keeps its
-    own rows) run one after another under `lax.scan`, the micro-batch i with key
-    fold_in(key, i), and the losses, scalar metrics and gradients averaged over them (the mean
-    over equal micro-batches is the batch mean)."""
+    own rows) run one after another under `lax.scan` (fully unrolled with `unroll`), the
+    micro-batch i with key fold_in(key, i), and the losses, scalar metrics and gradients
+    averaged over them (the mean over equal micro-batches is the batch mean)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum == 1:
         (loss, aux), grads = grad_fn(params, key, batch, **kwargs)
@@ -76,7 +76,7 @@ def _loss_and_grads(loss_fn, params, key, batch, kwargs, grad_accum: int):
         return (loss, _scalar_metrics(aux)), p
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(first, params))
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro), unroll=unroll)
     return jax.tree.map(lambda x: x / grad_accum, total)
 
 
@@ -97,6 +97,7 @@ def train_step(
     frozen: dict | None = None,
     grad_accum: int = 1,
     nonfinite: str = "stop",
+    unroll: bool = False,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimiser step with key fold_in(base_key, step); returns (new state, metrics).
 
@@ -108,12 +109,15 @@ def train_step(
     `grad_accum` k > 1: the gradient is the mean over k micro-batches (`_loss_and_grads`).
     `nonfinite` 'skip': when the loss or a gradient is NaN/inf, params, optimiser state and EMA
     stay as they were (the step count still advances) and metrics['skipped'] is 1.0 (else
-    0.0); 'stop' (the default) leaves that to the loop, which stops before the next save."""
+    0.0); 'stop' (the default) leaves that to the loop, which stops before the next save.
+    `unroll`: the micro-batch scan is fully unrolled (`make_train_step` does so on CPU)."""
     key = jax.random.fold_in(base_key, state.step)
     kwargs = {"ema_params": state.ema_params, "frozen": frozen}
     if _takes_step(loss_fn):
         kwargs["step"] = state.step
-    (loss, metrics), grads = _loss_and_grads(loss_fn, state.params, key, batch, kwargs, grad_accum)
+    (loss, metrics), grads = _loss_and_grads(
+        loss_fn, state.params, key, batch, kwargs, grad_accum, unroll
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = ema_update(state.ema_params, params, _ema_decay(ema, state.step))
@@ -136,13 +140,14 @@ def train_step(
 def train_steps(state: TrainState, batches: tuple, base_key: Array, **step_kwargs):
     """len(batches) consecutive `train_step`s under one `lax.scan` (the batches stacked on a
     new leading axis); the metrics come back stacked, [k] per name. Step n still uses key
-    fold_in(base_key, n), so this equals the steps taken one call at a time."""
+    fold_in(base_key, n), so this equals the steps taken one call at a time. With
+    `unroll=True` (a `train_step` option) the scan is fully unrolled too."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
     def body(s, batch):
         return train_step(s, batch, base_key, **step_kwargs)
 
-    return jax.lax.scan(body, state, stacked)
+    return jax.lax.scan(body, state, stacked, unroll=bool(step_kwargs.get("unroll", False)))
 
 
 def make_train_step(
@@ -155,6 +160,7 @@ def make_train_step(
     grad_accum: int = 1,
     nonfinite: str = "stop",
     steps_per_call: int = 1,
+    unroll: bool | None = None,
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """`train_step` jitted with the batch sharded on 'data', everything else replicated, and the
     incoming state donated (its buffers are reused for the new state). `frozen` (e.g. the
@@ -162,6 +168,10 @@ def make_train_step(
 
     `steps_per_call` k > 1: the function takes a tuple of k batches (each sharded on 'data')
     and runs `train_steps` on them in one call, returning metrics stacked [k] per name.
+    `unroll`: unroll the scans of `steps_per_call` and `grad_accum` into straight-line code
+    (None, the default: on the CPU backend only, where XLA runs convolutions inside a loop
+    body several times slower than the same convolutions outside one; elsewhere a scan
+    compiles its body once).
     The function's `precompile(state, batch, base_key)` compiles it ahead of time."""
     if not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"grad_accum = {grad_accum!r}: expected an integer >= 1")
@@ -170,7 +180,10 @@ def make_train_step(
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     # the models' array leaves are traced arguments; modules and functions stay static
     arrays, static = modeltree.split(frozen) if frozen is not None else ([], None)
-    options = dict(loss_fn=loss_fn, tx=tx, ema=ema, grad_accum=grad_accum, nonfinite=nonfinite)
+    if unroll is None:
+        unroll = mesh.devices.flat[0].platform == "cpu"
+    options = dict(loss_fn=loss_fn, tx=tx, ema=ema, grad_accum=grad_accum, nonfinite=nonfinite,
+                   unroll=bool(unroll))  # fmt: skip
 
     def step(state, batch, base_key, arrays):
         models = None if static is None else modeltree.join(arrays, static)
