@@ -13,10 +13,10 @@ Data are random arrays (throughput does not depend on the values); the loss is L
 instead times the train-step options side by side on one model and batch size: the plain
 step, steps_per_call=4 (4 steps per call), grad_accum=2, remat and bfloat16 compute; the two
 scans once as `make_train_step` compiles them on this backend (unrolled on CPU) and once as a
-rolled `lax.scan` ("scan"). Each is compiled first; then every round times `--steps` optimiser steps of each
-option in turn (interleaved, so a change in the machine's load hits all of them alike), and
-the table gives the median examples/s over the rounds, the min-max spread and the ratio to the
-plain step, with the load average (`os.getloadavg`) before and after.
+rolled `lax.scan` ("scan"). Each is compiled first; then every round times `--steps` optimiser
+steps of each option in turn (interleaved, so a change in the machine's load hits all of them
+alike), and the table gives the median examples/s over the rounds, the min-max spread and the
+ratio to the plain step, with the load average (`os.getloadavg`) before and after.
 """
 
 from __future__ import annotations
