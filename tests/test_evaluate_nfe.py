@@ -157,9 +157,9 @@ def test_likelihoods_read_the_held_out_split(tmp_path, toy_run, monkeypatch):
     assert as_bytes(held.reshape(12, 8, 8)) == as_bytes(images["t10k"] / 127.5 - 1)
     # both bounds take their examples from that split; the toy source has none: 'train'
     seen = []
-    real = evaluate.data_examples
-    monkeypatch.setattr(evaluate, "data_examples", lambda s, n, **kw: (
-        seen.append(s.data.split), real(s, n, **kw))[1])  # fmt: skip
+    assert evaluate._stream(test_spec).info["max_value"] == 255.0  # the levels bits/dim uses
+    real = evaluate._stream  # every read of a data source goes through it
+    monkeypatch.setattr(evaluate, "_stream", lambda s: (seen.append(s.data.split), real(s))[1])
     toy_spec, c, state = toy_run  # a continuous VP run: the ODE likelihood only
     out = evaluate.likelihood_bits_per_dim(jax.random.PRNGKey(0), toy_spec, c, state, 4)
     assert out["split"] == "train" and np.isfinite(out["bpd"]) and seen == ["train"]

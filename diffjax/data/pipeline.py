@@ -258,6 +258,7 @@ def batches_from_fetch(
         "key": "image",
         "num_examples": num_examples,
         "per_host_batch": per_host,
+        "max_value": float(max_value),  # images are stored as 0..max_value, scaled to [-1, 1]
         **(info or {}),
     }
     return Batches(

@@ -41,11 +41,13 @@ def _builder(name: str, data_dir: str):
 
 
 def _info(name, data_dir, image_key, label_key, with_labels, per_host) -> dict:
-    """The facts `Batches.info` carries for the other sources: example shape, classes."""
+    """The facts `Batches.info` carries for the other sources: example shape, classes, the
+    images' stored scale (uint8: 0..255)."""
     features = _builder(name, data_dir).info.features
     num_classes = getattr(features[label_key], "num_classes", None) if with_labels else None
     shape = tuple(features[image_key].shape)
-    return {"shape": shape, "key": "image", "num_classes": num_classes, "per_host_batch": per_host}
+    return {"shape": shape, "key": "image", "num_classes": num_classes, "per_host_batch": per_host,
+            "max_value": 255.0}  # fmt: skip
 
 
 def _host_rows(batch, host: tuple[int, int]):

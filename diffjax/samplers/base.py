@@ -50,6 +50,12 @@ def no_check(opts: dict, process: Process, ts: np.ndarray) -> None:
     return None
 
 
+def steps_to_zero(ts: np.ndarray, process: Process) -> int:
+    """How many steps of the grid `ts` end at sigma = 0 (solvers whose step there makes fewer
+    model evaluations count them out of their NFE)."""
+    return int(np.sum(np.asarray(process.sigma(ts[1:])) == 0))
+
+
 def one_call_per_step(ts: np.ndarray, opts: dict, process: Process) -> int:
     return len(ts) - 1
 

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from diffjax.samplers.base import Context, Solver
+from diffjax.samplers.base import Context, Solver, steps_to_zero
 from diffjax.samplers.grid import t_of_log_snr
 
 
@@ -84,8 +83,7 @@ def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
 
 def _nfe(ts, opts, process) -> int:
     order = int(opts["order"])
-    to_zero = int(np.sum(np.asarray(process.sigma(ts[1:])) == 0))
-    return order * (len(ts) - 1) - (order - 1) * to_zero
+    return order * (len(ts) - 1) - (order - 1) * steps_to_zero(ts, process)
 
 
 SOLVER = Solver(

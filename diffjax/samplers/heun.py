@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from diffjax.samplers.base import Context, Solver, noise_like
+from diffjax.samplers.base import Context, Solver, noise_like, steps_to_zero
 from diffjax.samplers.grid import t_of_log_snr
 
 
@@ -56,7 +55,7 @@ def step(ctx: Context, carry: dict, key, i, t, s) -> dict:
 
 
 def _nfe(ts, opts, process):
-    return 2 * (len(ts) - 1) - int(np.sum(np.asarray(process.sigma(ts[1:])) == 0))
+    return 2 * (len(ts) - 1) - steps_to_zero(ts, process)
 
 
 SOLVER = Solver(

@@ -460,10 +460,10 @@ def likelihood_bits_per_dim(
     from diffjax.likelihood import nll_dataset
 
     eval_spec, split = held_out(spec)
-    data = data_examples(eval_spec, num)
-    bins = {}
+    stream = _stream(eval_spec)
+    data, bins = _take(stream, num), {}
     if data.ndim == 4:  # images in [-1, 1] -> their levels 0..M, which nll_dataset dequantises
-        top = _max_level(spec)
+        top = int(stream.info.get("max_value", 255))  # the stream's own scale (digits: 16)
         data, bins = _levels(data, top), {"num_bins": top + 1}
     model = lambda x, t: c.apply(state.ema_params, x, t, None, train=False, key=None)
     result = nll_dataset(
@@ -477,14 +477,6 @@ def likelihood_bits_per_dim(
         **bins,
     )
     return {**{k: float(v) for k, v in result.items() if np.ndim(v) == 0}, "split": split}
-
-
-def _max_level(spec) -> int:
-    """The top level M of the spec's images, stored as 0..M: 16 for the bundled digits, 255
-    (8 bits) for every other image source."""
-    from diffjax.data.digits import DIGITS_MAX_VALUE
-
-    return int(DIGITS_MAX_VALUE) if spec.data.name == "digits" else 255
 
 
 def _levels(images, top: int = 255) -> np.ndarray:
