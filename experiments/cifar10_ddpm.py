@@ -48,6 +48,7 @@ def get_config(arg=None):
     c.train.sample_every = 50_000  # grid period
     c.sample.solver = "ddim"  # grids with DDIM (evaluate.py runs the full 1000-step DDPM)
     c.sample.steps = 100  # DDIM intervals
+    c.sample.kwargs.clip_x0 = (-1.0, 1.0)  # Ho et al.'s sampler clips x0_hat to the data range
     if "mini" in args:  # BASELINES.md's miniature: the local CIFAR-10 JPEG folder, 1 h on CPU
         c.data.name = "image_folder"  # data_dir/train/<class>/*.jpg (or its .tar.gz)
         apply_mini(c, attn_resolution=8, num_steps=6000)
