@@ -13,6 +13,20 @@ published numbers).
 Expected result (published): FID 3.17, IS 9.46 on 50k samples with the 1000-step ancestral
 sampler; NLL <= 3.75 bits/dim (Ho et al. 2020, Table 1). DDIM with 100 steps: FID about 4.2
 (Song et al. 2021a, Table 1). About 10.6 h per 100k steps on a TPU v3-8 in the paper.
+
+Measured (BASELINES.md has the tables and the commands), `mini` on the JPEG copy in
+../shared/data/cifar10-jpeg, 2026-12-03, 2 CPU cores, load average about 2:
+  python launch/train.py --config=experiments/cifar10_ddpm.py:mini \
+      --workdir=workdirs/mini_cifar10_ddpm --config.data.data_dir=/work/shared/data/cifar10-jpeg
+  280,755 parameters, 6000 steps in 52 min wall (1.93 steps/s), loss 0.0343 at step 6000.
+  Test-split bits/dim: exact discrete bound 3.772 +- 0.033 (200 images), probability-flow ODE
+  3.342 +- 0.059 (64 images). These are on the JPEG copy, not comparable with Ho et al.'s 3.75.
+  This run sampled without the x0 clip and its samples ran out to +-8: FID 288-377 at 200
+  samples for every solver and NFE, against a data floor of 123-129. The config now clips x0
+  to [-1, 1], as Ho et al.'s sampler does. Clipped, with the same weights (200 samples, FID
+  at NFE 10 / 20 / 50): DDPM 200.8 / 181.1 / 176.0, DDIM 226.3 / 214.6 / 209.6,
+  DPM-Solver++(2M) 221.1 / 201.8 / 203.7. FID against the JPEG copy is not comparable with
+  published numbers.
 """
 
 from diffjax.train.config import (
