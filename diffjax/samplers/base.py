@@ -19,6 +19,7 @@ import numpy as np
 from diffjax import targets
 from diffjax.kernels import split_learned_variance
 from diffjax.processes import Process
+from diffjax.samplers.grid import on_padded
 from diffjax.typing import Array
 
 
@@ -53,7 +54,7 @@ def no_check(opts: dict, process: Process, ts: np.ndarray) -> None:
 def steps_to_zero(ts: np.ndarray, process: Process) -> int:
     """How many steps of the grid `ts` end at sigma = 0 (solvers whose step there makes fewer
     model evaluations count them out of their NFE)."""
-    return int(np.sum(np.asarray(process.sigma(ts[1:])) == 0))
+    return int(np.sum(on_padded(process.sigma, np.asarray(ts)[1:]) == 0))
 
 
 def one_call_per_step(ts: np.ndarray, opts: dict, process: Process) -> int:

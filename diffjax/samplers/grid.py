@@ -68,6 +68,21 @@ def t_of_log_snr(process: P.Process, lam: Array) -> Array:
     return 0.5 * (lo + hi)
 
 
+def on_padded(fn, x: np.ndarray) -> np.ndarray:
+    """fn(x) as numpy, for an elementwise jnp function fn of the 1-D host array x, evaluated at
+    a padded length (the next power of two, at least 16; the padding repeats x[-1] and is cut
+    off). Eager jnp operations compile once per shape, so a grid built at every length that
+    `steps_for_nfe`'s search tries compiled each of its operations anew (1400 compilations
+    for the NFE tables of BASELINES.md, 291 padded). Each element depends only on its input;
+    XLA's code for another length may round differently by one ulp (4 of 1485 grids of the
+    processes, spacings and lengths tried differed from the unpadded ones, by one ulp)."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    size = max(16, 1 << (n - 1).bit_length())
+    padded = np.concatenate([x, np.full(size - n, x[-1], x.dtype)])
+    return np.array(fn(padded))[:n]  # a writable copy
+
+
 def _check_range(process, steps, t_min, t_max, spacing):
     if steps is None or isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1; got steps = {steps!r}")
@@ -127,18 +142,18 @@ def time_grid(
     if spacing == "discrete":
         return jnp.asarray(_discrete_grid(process, steps, t_min, t_max), dtype=jnp.zeros(()).dtype)
     if spacing == "uniform":
-        t = t_max + (t_min - t_max) * jnp.asarray(u)
+        t = on_padded(lambda v: t_max + (t_min - t_max) * jnp.asarray(v), u)
     elif spacing == "quadratic":
-        t = t_min + (t_max - t_min) * jnp.asarray(1.0 - u) ** 2
+        t = on_padded(lambda v: t_min + (t_max - t_min) * jnp.asarray(1.0 - v) ** 2, u)
     else:
         t = _noise_level_grid(process, u, spacing, t_min, t_max)
-    t = t.at[0].set(t_max).at[-1].set(t_min)
-    if not bool(jnp.all(jnp.diff(t) < 0)):
+    t[0], t[-1] = t_max, t_min  # in the grid's dtype, as jnp's .at[].set would round them
+    if not np.all(np.diff(t) < 0):
         raise ValueError(
             f"the {spacing!r} grid of {steps} steps is not strictly decreasing in {t.dtype}; "
             "use fewer steps or another spacing"
         )
-    return t
+    return jnp.asarray(t)
 
 
 def _noise_level_grid(process, u, spacing, t_min, t_max):
@@ -155,11 +170,15 @@ def _noise_level_grid(process, u, spacing, t_min, t_max):
     if not t_lo < t_hi:
         raise ValueError(f"{spacing!r} spacing needs t_max - t_min > {2 * END_DT}")
     lam_end, lam_start = process.log_snr(t_lo), process.log_snr(t_hi)
-    if spacing == "log_snr":
-        lam = lam_start + (lam_end - lam_start) * jnp.asarray(u, lam_end.dtype)
-    else:  # karras, in nu = sigma / alpha = exp(-lam / 2)
-        nu_hi, nu_lo = jnp.exp(-0.5 * lam_start), jnp.exp(-0.5 * lam_end)
-        r = 1.0 / KARRAS_RHO
-        nu = (nu_hi**r + jnp.asarray(u, nu_hi.dtype) * (nu_lo**r - nu_hi**r)) ** KARRAS_RHO
-        lam = -2.0 * jnp.log(nu)
-    return jnp.clip(t_of_log_snr(process, lam), t_min, t_max)
+
+    def grid(v):  # elementwise in v, evaluated by on_padded
+        if spacing == "log_snr":
+            lam = lam_start + (lam_end - lam_start) * jnp.asarray(v, lam_end.dtype)
+        else:  # karras, in nu = sigma / alpha = exp(-lam / 2)
+            nu_hi, nu_lo = jnp.exp(-0.5 * lam_start), jnp.exp(-0.5 * lam_end)
+            r = 1.0 / KARRAS_RHO
+            nu = (nu_hi**r + jnp.asarray(v, nu_hi.dtype) * (nu_lo**r - nu_hi**r)) ** KARRAS_RHO
+            lam = -2.0 * jnp.log(nu)
+        return jnp.clip(t_of_log_snr(process, lam), t_min, t_max)
+
+    return on_padded(grid, u)
