@@ -1,4 +1,5 @@
-"""Print one command of the README's Quickstart block: `install` (the first) or `test` (the second)."""
+"""Print one command of the README's Quickstart block: `install` (the first) or `test` (the
+second)."""
 
 import pathlib
 import re

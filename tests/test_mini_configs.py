@@ -5,6 +5,7 @@ apply_mini's U-Net, whose parameter count is checked."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import jax
 import numpy as np
@@ -76,3 +77,79 @@ def test_mini_config_trains_two_steps_on_mock_data(
     if name == "mnist":  # the size BASELINES.md states
         count = sum(x.size for x in jax.tree.leaves(state.params))
         assert count == 280_177, count
+
+
+def _script_commands(tmp_path, names):
+    """The python command lines benchmarks/minis.sh runs for `names`, recorded by a stand-in
+    `python` on PATH (nothing is trained or evaluated)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
+    bin_dir.mkdir()
+    stub = bin_dir / "python"
+    stub.write_text('#!/bin/sh\nprintf "%s\\037" "$@" >> "$ARGV_LOG"\necho >> "$ARGV_LOG"\n')
+    stub.chmod(0o755)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_LOG=str(log),
+               DATA="/data", WORKDIRS=str(tmp_path / "w"))  # fmt: skip
+    (tmp_path / "w").mkdir()
+    out = subprocess.run(["bash", os.path.join(root, "benchmarks", "minis.sh"), *names],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    lines = [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines()]
+    return lines, out.stdout
+
+
+def _flags(argv):
+    return dict(a[2:].partition("=")[::2] for a in argv if a.startswith("--"))
+
+
+SCRIPT_NAMES = ("mnist_ddpm", "cifar10_ddpm", "cifar10_vp", "cifar10_ve", "cifar10_rf")
+
+
+def test_minis_script_runs_real_configs_and_valid_evaluations(tmp_path):
+    """Every command of benchmarks/minis.sh names a real :mini config and evaluate.py flags,
+    solvers and options that exist, and every --nfe budget fits each of its solvers on that
+    run's process (steps_for_nfe), so a run of the script does not fail after an hour of
+    training on a typo."""
+    import re
+
+    from diffjax.samplers import SOLVERS
+    from diffjax.samplers.api import COMMON_OPTIONS
+    from diffjax.train import evaluate
+    from diffjax.train.builders import build_model_components
+    from diffjax.train.spec import ExampleSpec, spec_from_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "launch", "evaluate.py")) as f:
+        known = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read())) | {"noinception"}
+    lines, stdout = _script_commands(tmp_path, SCRIPT_NAMES)
+    runs = {}  # workdir -> (spec, components)
+    evaluations = 0
+    for argv in lines:
+        script, flag = argv[0], _flags(argv)
+        if script == "launch/train.py":
+            name, _, arg = flag["config"].partition(":")
+            c = load_experiment(os.path.basename(name)[: -len(".py")]).get_config(arg)
+            assert "mini" in arg and flag["config.data.data_dir"].startswith("/data/")
+            shape = (28, 28, 1) if "mnist" in name else (32, 32, 3)
+            spec = spec_from_config(c, ExampleSpec(shape=shape))
+            runs[flag["workdir"]] = (spec, build_model_components(spec))
+            continue
+        assert script == "launch/evaluate.py", argv
+        evaluations += 1
+        assert set(flag) <= known, set(flag) - known
+        spec, comps = runs[flag["workdir"]]  # trained by the script before it is evaluated
+        items = evaluate.parse_solvers(flag["solvers"])
+        for solver, _, options in items:
+            assert solver in SOLVERS, solver
+            assert set(options) <= set(SOLVERS[solver].options) | set(COMMON_OPTIONS), options
+        if flag.get("nfe"):
+            rows = evaluate.expand_nfe(spec, comps, items, flag["nfe"].split(","))
+            assert len(rows) == len(items) * len(flag["nfe"].split(","))
+    assert len(runs) == len(SCRIPT_NAMES) and evaluations >= 3 * len(SCRIPT_NAMES)
+    assert stdout.count(": start ") == len(lines) == stdout.count(", exit 0,")
+
+
+def test_minis_script_refuses_an_unknown_name_before_running_anything(tmp_path):
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _script_commands(tmp_path, ["cifar10_rf", "cifar10_dit"])
+    assert err.value.returncode == 2 and "unknown miniature 'cifar10_dit'" in err.value.stderr
+    assert not (tmp_path / "argv.log").exists()
