@@ -201,3 +201,25 @@ def test_merge_evals_replaces_a_rerun_solver_in_place(tmp_path):
     ]  # fmt: skip
     table = merge_evals.markdown([{**merged[0], "fid_std": 0.5}])
     assert "| ddim | 5 | 5 | 8 | 7 ± 0.5 |" in table
+
+
+def test_an_adaptive_row_reports_the_evaluations_its_loop_made(toy_run):
+    """dopri5's count depends on the model, so count_nfe gives None; the row carries the
+    count `sample` reports for the same key and model instead (the adaptive row of the
+    rectified-flow table had none)."""
+    import dataclasses
+
+    from diffjax.train.sampling import make_sampler
+
+    spec, c, state = toy_run
+    pairs = [("dopri5", 0, {"rtol": 1e-3, "atol": 1e-3})]
+    rows = evaluate.evaluate_solvers(jax.random.PRNGKey(0), spec, c, state, pairs, 64)
+    assert count_nfe("dopri5", c.process, prediction=spec.prediction) is None
+    sspec = dataclasses.replace(spec.sample, solver="dopri5", steps=0, num=64, kwargs=pairs[0][2])
+    samples, nfe = make_sampler(c, sspec, spec.cond, spec.prediction, 64, with_nfe=True)(
+        state.ema_params, jax.random.fold_in(jax.random.PRNGKey(0), 0)
+    )
+    assert isinstance(rows[0]["nfe"], int) and rows[0]["nfe"] == int(nfe) > 0
+    plain = make_sampler(c, sspec, spec.cond, spec.prediction, 64)
+    key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+    np.testing.assert_array_equal(np.asarray(plain(state.ema_params, key)), np.asarray(samples))

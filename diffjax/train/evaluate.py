@@ -315,20 +315,27 @@ def evaluate_solvers(
         )
         sspec = consistency_sampling(sspec, spec.model)  # a consistency model's sigma range
         sspec = learned_variance.sample_options(spec, sspec)  # [mean | v] models: the mean
+        nfe = count_nfe(sspec.solver, c.process, sspec.steps or None, prediction=spec.prediction,
+                        **sspec.kwargs)  # fmt: skip
+        counted = nfe is None and run is None  # adaptive (dopri5): the loop's own count
         if run is not None:  # decoded images (tokens: the real examples' captions)
             sampler = run.sampler(sspec, num, tokens=tokens)
         else:
-            sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num)
-        draws, seconds = [], []
+            sampler = make_sampler(c, sspec, spec.cond, spec.prediction, num, with_nfe=counted)
+        draws, seconds, counts = [], [], []
         base = (jax.random.fold_in(key, i), jax.random.fold_in(key, 10_000 + i))
         for r in range(repeats):  # draw 0 is the one repeats=1 makes; draw r folds in r
             draw_key, metric_key = base if r == 0 else (jax.random.fold_in(k, r) for k in base)
             t0 = time.time()
-            samples = np.asarray(sampler(state.ema_params, draw_key))
+            out = sampler(state.ema_params, draw_key)
+            out, count = out if counted else (out, None)
+            samples = np.asarray(out)
             seconds.append(time.time() - t0)
+            if counted:
+                counts.append(int(count))
             draws.append(_metrics(metric_key, samples, data, features, classifier, workdir, name))
-        nfe = count_nfe(sspec.solver, c.process, sspec.steps or None, prediction=spec.prediction,
-                        **sspec.kwargs)  # fmt: skip
+        if counts:  # the mean over the draws (one draw: its count)
+            nfe = counts[0] if len(counts) == 1 else float(np.mean(counts))
         row = {"solver": solver_label(solver, options), "steps": steps, "nfe": nfe, "num": num}
         row["seconds"] = float(np.mean(seconds))
         row.update(_combine(draws))

@@ -47,8 +47,11 @@ def make_sampler(
     num: int,
     labels=None,
     mesh=None,
+    with_nfe: bool = False,
 ) -> Callable[[PyTree, Array], Array]:
-    """A (params, key) -> samples [num, *example_shape] using `diffjax.samplers.sample`.
+    """A (params, key) -> samples [num, *example_shape] using `diffjax.samplers.sample`
+    (with `with_nfe`, (samples, the model evaluations the loop made): the count of an adaptive
+    solver such as dopri5, which depends on the model, from `sample`'s return_info).
 
     `labels` [num] overrides the default grid labels of a class-conditional model. The model is
     a pytree over `params` (`guided_model`), so no outer jit is needed: every parameter set (each
@@ -92,13 +95,15 @@ def make_sampler(
             steps=spec.steps or None,  # 0: adaptive solvers take no steps
             prediction=prediction,
             x_init=prior(key),
+            return_info=with_nfe,
             **options,
         )
+        out, info = out if with_nfe else (out, None)
         if not out.is_fully_addressable:  # multi-host: every host gets the whole batch
             from jax.experimental import multihost_utils
 
             out = multihost_utils.process_allgather(out, tiled=True)
-        return out
+        return (out, info["nfe"]) if with_nfe else out
 
     return run
 
