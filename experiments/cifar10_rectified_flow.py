@@ -24,12 +24,12 @@ Measured (BASELINES.md has the tables and the commands), `mini` on the JPEG copy
   step 6000. FID at 200 samples against the first 200 training images (NFE 10 / 20 / 50 /
   100): Euler 174.1 / 169.1 / 164.5 / 167.3, Heun 172.4 / 163.1 / 167.4 / 163.9 (9 / 19 / 49 /
   99 NFE), RK4 294.8 / 221.3 / 182.6 / 169.2 (8 / 20 / 48 / 100), DPM-Solver++(2M) 175.2 /
-  172.2 / 168.0 / 166.0; adaptive dopri5 (rtol = atol = 1e-5) 174.9. Data floor 123-129. The
-  DDPM miniature with the same U-Net and budget: 171.5 at best (ancestral, 100 steps), 221-283
-  at 10 NFE with its ODE solvers. Straightness 146.4 +- 2.5 (summed over 3072 dimensions).
-  Test-split bits/dim by the probability-flow ODE: 3.340 +- 0.056 (64 images, 325 evaluations
-  per solve; DDPM's miniature: 3.342 +- 0.059 with 997).
-  FID against the JPEG copy is not comparable with published numbers.
+  172.2 / 168.0 / 166.0; adaptive dopri5 (rtol = atol = 1e-5) 174.9 with 175 NFE. Data floor
+  123-129. The DDPM miniature with the same U-Net and budget: 171.5 at best (ancestral, 100
+  steps), 221-283 at 10 NFE with its ODE solvers. Straightness 146.4 +- 2.5 (summed over 3072
+  dimensions). Test-split bits/dim by the probability-flow ODE: 3.340 +- 0.056 (64 images, 325
+  evaluations per solve; DDPM's miniature: 3.342 +- 0.059 with 997). FID against the JPEG
+  copy is not comparable with published numbers.
 """
 
 from diffjax.train.config import (
