@@ -216,10 +216,9 @@ def test_an_adaptive_row_reports_the_evaluations_its_loop_made(toy_run):
     rows = evaluate.evaluate_solvers(jax.random.PRNGKey(0), spec, c, state, pairs, 64)
     assert count_nfe("dopri5", c.process, prediction=spec.prediction) is None
     sspec = dataclasses.replace(spec.sample, solver="dopri5", steps=0, num=64, kwargs=pairs[0][2])
-    samples, nfe = make_sampler(c, sspec, spec.cond, spec.prediction, 64, with_nfe=True)(
-        state.ema_params, jax.random.fold_in(jax.random.PRNGKey(0), 0)
-    )
+    key = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # the row's draw key
+    counting = make_sampler(c, sspec, spec.cond, spec.prediction, 64, with_nfe=True)
+    samples, nfe = counting(state.ema_params, key)
     assert isinstance(rows[0]["nfe"], int) and rows[0]["nfe"] == int(nfe) > 0
     plain = make_sampler(c, sspec, spec.cond, spec.prediction, 64)
-    key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
     np.testing.assert_array_equal(np.asarray(plain(state.ema_params, key)), np.asarray(samples))

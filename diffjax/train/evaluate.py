@@ -328,11 +328,11 @@ def evaluate_solvers(
             draw_key, metric_key = base if r == 0 else (jax.random.fold_in(k, r) for k in base)
             t0 = time.time()
             out = sampler(state.ema_params, draw_key)
-            out, count = out if counted else (out, None)
+            if counted:
+                out, count = out
+                counts.append(int(count))
             samples = np.asarray(out)
             seconds.append(time.time() - t0)
-            if counted:
-                counts.append(int(count))
             draws.append(_metrics(metric_key, samples, data, features, classifier, workdir, name))
         if counts:  # the mean over the draws (one draw: its count)
             nfe = counts[0] if len(counts) == 1 else float(np.mean(counts))

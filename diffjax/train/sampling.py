@@ -98,7 +98,8 @@ def make_sampler(
             return_info=with_nfe,
             **options,
         )
-        out, info = out if with_nfe else (out, None)
+        if with_nfe:
+            out, info = out
         if not out.is_fully_addressable:  # multi-host: every host gets the whole batch
             from jax.experimental import multihost_utils
 
