@@ -9,6 +9,14 @@ DSM loss with lambda(t) = sigma(t)^2; samples with the predictor-corrector sampl
 Backbone difference: the paper uses NCSN++ (VE) and DDPM++ (VP); we use our DDPM U-Net
 (35.7M) with the same data and objective, so expect somewhat worse numbers.
 Data scaling: the paper feeds VE models data in [0, 1]; we use [-1, 1] everywhere.
+Parameterisation: Song et al.'s networks output sigma(t) times the score, not the score: their
+release reads a VP / sub-VP model's output F as s = -F / sigma(t), and NCSN++ (VE) divides its
+output by sigma (their `scale_by_sigma`; Song & Ermon 2020's s(x, sigma) = F(x) / sigma). The
+DSM loss with lambda = sigma^2 is then sigma^2 ||s + eps / sigma||^2 = ||F - eps||^2 (with the
+sign of F flipped for VE): the eps MSE. So the config trains an eps network
+(prediction='eps', loss 'simple' on the continuous process, t ~ U(0, 1)), and every sampler
+reads its score as -eps_hat / sigma (`diffjax.targets.convert`); a network asked to output the
+raw score (prediction='score', loss 'dsm') has to span 1/sigma from 0.02 to 100 (VE) by itself.
 
 Launch:
   python launch/train.py --config=experiments/cifar10_score_sde.py:process=vp \
@@ -64,8 +72,10 @@ def get_config(arg=None):
     c.model.kwargs.dropout = 0.1  # Song et al.
     c.process.name = process  # continuous-time SDE
     c.process.kwargs = p_kwargs  # Song et al.
-    c.loss.name = "dsm"  # denoising score matching, lambda = sigma^2
-    c.prediction = "score"  # the network outputs the score
+    # DSM with lambda = sigma^2 (eq. 7) for the score s = -F / sigma, as Song et al.'s networks
+    # are parameterised (see the docstring): exactly the eps MSE of the network F
+    c.loss.name = "simple"
+    c.prediction = "eps"
     c.optim.learning_rate = 2e-4  # Song et al.
     c.optim.warmup_steps = 5000  # Song et al.
     c.optim.grad_clip = 1.0  # Song et al.

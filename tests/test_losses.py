@@ -124,6 +124,26 @@ def test_weights_are_one_objective_in_every_kind(name):
         np.testing.assert_allclose(np.array(values), np.array(values[:1] * 5), rtol=2e-3)
 
 
+@pytest.mark.parametrize("name", ["vp", "ve", "subvp"])
+def test_dsm_of_a_sigma_scaled_score_is_the_eps_mse(name):
+    """Song et al.'s parameterisation s = -F / sigma makes DSM with lambda = sigma^2 exactly
+    L_simple of the network F (why experiments/cifar10_score_sde.py trains an eps model): the
+    same key gives the same times, noise and per-example values."""
+    process = PROCESSES[name]
+    params = init_params(jax.random.PRNGKey(21), 3)
+    net = lambda x, t: linear_model(params, x, t)  # noqa: E731
+    score = lambda x, t: -net(x, t) / process.sigma(t)[:, None]  # noqa: E731
+    x0, key = grid_data(jax.random.PRNGKey(22), (64, 3)), jax.random.PRNGKey(23)
+    t = jnp.linspace(0.01, 1.0, 64)
+    for times in (t, None):  # given times, and the loss's own draw (t > 0 almost surely)
+        value_eps, aux_eps = losses.simple(net, key, x0, process, t=times)
+        value_dsm, aux_dsm = losses.dsm(score, key, x0, process, t=times)
+        np.testing.assert_array_equal(aux_eps["t"], aux_dsm["t"])
+        np.testing.assert_allclose(aux_dsm["per_example"], aux_eps["per_example"], rtol=2e-5)
+        np.testing.assert_allclose(float(value_dsm), float(value_eps), rtol=2e-5)
+        assert float(value_eps) > 0.1  # a wrong model: the identity is not 0 = 0
+
+
 EDGE_T = jnp.asarray([0.0, 1e-6, 1.0 - 1e-6, 1.0], jnp.float32)
 
 

@@ -22,8 +22,8 @@ from tests.test_autoencoder_train import load_experiment
 MINIS = [
     ("mnist", "mini", "discrete", "simple", "eps", "ddim"),
     ("cifar10_ddpm", "mini", "discrete", "simple", "eps", "ddim"),
-    ("cifar10_score_sde", "process=vp,mini", "vp", "dsm", "score", "pc"),
-    ("cifar10_score_sde", "process=ve,mini", "ve", "dsm", "score", "pc"),
+    ("cifar10_score_sde", "process=vp,mini", "vp", "simple", "eps", "pc"),
+    ("cifar10_score_sde", "process=ve,mini", "ve", "simple", "eps", "pc"),
     ("cifar10_rectified_flow", "mini", "rectified_flow", "cfm", "velocity", "dopri5"),
 ]
 
