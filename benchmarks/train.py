@@ -17,6 +17,7 @@ rolled `lax.scan` ("scan"). Each is compiled first; then every round times `--st
 steps of each option in turn (interleaved, so a change in the machine's load hits all of them
 alike), and the table gives the median examples/s over the rounds, the min-max spread and the
 ratio to the plain step, with the load average (`os.getloadavg`) before and after.
+`--option_names=steps_per_call=4,grad_accum=2` times a subset (with the plain step).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
     p.add_argument("--options", action="store_true", help="time the train-step options")
     p.add_argument("--rounds", type=int, default=5, help="--options: interleaved rounds")
+    p.add_argument(
+        "--option_names", default="", help="--options: a comma-separated subset (default: all)"
+    )
     return p.parse_args(argv)
 
 
@@ -118,14 +122,19 @@ OPTIONS = {
 }
 
 
-def bench_options(name, kwargs, shape, batch, steps, rounds, mesh) -> dict:
-    """{option: [examples/s of each round]} of the OPTIONS on one model and batch size, each
-    compiled first and then timed for `steps` optimiser steps per round, round-robin."""
+def bench_options(name, kwargs, shape, batch, steps, rounds, mesh, names=()) -> dict:
+    """{option: [examples/s of each round]} of the OPTIONS (or those in `names`; 'plain' is
+    always kept, as the ratios' reference) on one model and batch size, each compiled first and
+    then timed for `steps` optimiser steps per round, round-robin."""
+    unknown = sorted(set(names) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown --option_names {unknown}; expected some of {list(OPTIONS)}")
+    chosen = {k: v for k, v in OPTIONS.items() if not names or k in names or k == "plain"}
     tx = make_optimizer(OptimSpec(learning_rate=1e-4))
     data = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
     sharded, key = parallel.shard_batch({"image": data}, mesh), jax.random.PRNGKey(1)
     runs = {}
-    for option, (model_kw, step_kw) in OPTIONS.items():
+    for option, (model_kw, step_kw) in chosen.items():
         c = _components(name, {**kwargs, **model_kw}, shape)
         state = create_train_state(jax.random.PRNGKey(0), c.init_params, tx)
         fn = make_train_step(make_loss_fn(c, CondSpec()), tx, EmaSpec(), mesh, **step_kw)
@@ -151,7 +160,10 @@ def bench_options(name, kwargs, shape, batch, steps, rounds, mesh) -> dict:
 def main_options(args, mesh, shape) -> None:
     name, batch = args.models.split(",")[0], int(args.batch_sizes.split(",")[0])
     load0 = os.getloadavg()
-    r = bench_options(name, _kwargs(args.model_kwargs), shape, batch, args.steps, args.rounds, mesh)
+    names = [n for n in args.option_names.split(",") if n]
+    r = bench_options(
+        name, _kwargs(args.model_kwargs), shape, batch, args.steps, args.rounds, mesh, names
+    )
     load1 = os.getloadavg()
     base = float(np.median(r["plain"]["eps"]))
     print(f"{name}, batch {batch}, {args.steps} steps x {args.rounds} interleaved rounds")
