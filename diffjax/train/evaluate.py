@@ -67,6 +67,18 @@ def parse_solvers(text: str) -> list[tuple[str, int, dict]]:
     return items
 
 
+def with_options(items, **options) -> list[tuple[str, int, dict]]:
+    """Every (name, steps, row options) of `parse_solvers` with `options` added (an option the
+    row sets itself is an error: the two would disagree on what the row means)."""
+    out = []
+    for name, steps, row in items:
+        both = sorted(set(row) & set(options))
+        if both:
+            raise ValueError(f"solver {name!r} sets {both} itself; give them once")
+        out.append((name, steps, {**row, **options}))
+    return out
+
+
 def solver_label(name: str, options: dict) -> str:
     """'dpm_solver' + {'order': 2} -> 'dpm_solver/order=2' (the row's solver column)."""
     return "/".join([name, *(f"{k}={v}" for k, v in sorted(options.items()))])
