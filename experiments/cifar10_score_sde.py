@@ -27,6 +27,21 @@ U-Net, batch 64, 6000 steps, about an hour on 2 CPU cores; FID against that loss
 comparable with published numbers).
 Expected result (published, with NCSN++ / DDPM++, PC sampler): FID 2.38 (NCSN++ cont., VE),
 2.55 (DDPM++ cont., VP), 2.61 (DDPM++ cont., sub-VP) (Song et al. 2021, Table 3).
+
+Measured (BASELINES.md has the tables and the commands), `process=vp,mini` on the JPEG copy in
+../shared/data/cifar10-jpeg, 2026-12-04, 2 CPU cores, load average about 2:
+  python launch/train.py --config=experiments/cifar10_score_sde.py:process=vp,mini \
+      --workdir=workdirs/mini_cifar10_vp --config.data.data_dir=/work/shared/data/cifar10-jpeg
+  280,755 parameters, 6000 steps in 66.1 min wall (1.58 steps/s median), eps loss 0.0351 at
+  step 6000. FID at 200 samples against the first 200 training images (NFE 10 / 20 / 50 /
+  100), unclipped (the samples run out of range, as the unclipped DDPM miniature's do): pc
+  (Euler-Maruyama) 390.2 / 352.2 / 327.8 / 306.9, Euler 308.0 / 312.1 / 316.7 / 321.7, Heun
+  333.1 / 327.8 / 328.7 / 333.3, DPM-Solver++(2M) 318.0 / 322.9 / 321.6 / 326.9. With x0
+  clipped to [-1, 1] (`evaluate.py --clip_x0`): pc 390.9 / 373.8 / 317.3 / 269.6,
+  DPM-Solver++(2M) 214.7 / 216.0 / 222.2 / 216.8 (the clipped DDPM miniature: 221.1 / 201.8 /
+  203.7 at 10 / 20 / 50). Data floor 123-129. Test-split bits/dim by the probability-flow ODE:
+  3.338 +- 0.059 (64 images, 421 evaluations per solve). `process=ve,mini` has not run yet.
+  FID against the JPEG copy is not comparable with published numbers.
 """
 
 from diffjax.train.config import (
