@@ -112,6 +112,7 @@ def test_batch_size_not_divisible_raises():
 
 
 def test_set_cpu_device_count_respects_existing_flag(monkeypatch):
+    monkeypatch.setattr(parallel, "_jaxlib_version", lambda: (0, 9))  # no YNN flag there
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     assert not parallel.set_cpu_device_count(2)
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -120,6 +121,40 @@ def test_set_cpu_device_count_respects_existing_flag(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert parallel.set_cpu_device_count(2)
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+
+
+def test_set_cpu_device_count_turns_ynn_fusions_off_on_jaxlib_0_10_only(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setattr(parallel, "_jaxlib_version", lambda: (0, 10))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert parallel.set_cpu_device_count(2)
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_cpu_experimental_ynn_fusion_type= --xla_force_host_platform_device_count=2"
+    )
+    # an explicit choice of either flag is kept; the YNN one is added with count < 2 too
+    dot_only = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+    monkeypatch.setenv("XLA_FLAGS", dot_only)
+    assert parallel.set_cpu_device_count(2)
+    assert os.environ["XLA_FLAGS"].split() == [dot_only, "--xla_force_host_platform_device_count=2"]
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert not parallel.set_cpu_device_count(1)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    for version in [(0, 9), (0, 11), (1, 0)]:  # XLA aborts on a flag it does not know
+        monkeypatch.setattr(parallel, "_jaxlib_version", lambda v=version: v)
+        monkeypatch.setenv("XLA_FLAGS", "")
+        parallel.set_cpu_device_count(2)
+        assert "ynn" not in os.environ["XLA_FLAGS"]
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setattr(parallel, "_jaxlib_version", lambda: (0, 10))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert not parallel.set_cpu_device_count(2)
+    assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_jaxlib_version_is_the_installed_one():
+    import jaxlib
+
+    assert parallel._jaxlib_version() == tuple(int(v) for v in jaxlib.__version__.split(".")[:2])
 
 
 @pytest.mark.parametrize("name", ["toy_ring", "digits"])
