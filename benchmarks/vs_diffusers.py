@@ -25,7 +25,8 @@ with 2 threads slows down far more than JAX or 1-thread PyTorch):
   first  time to the first train step and peak RSS, each side in a fresh subprocess (imports,
          model init, compile / first step); diffjax cold (empty compilation cache) and warm.
 
-The process asks XLA for one CPU device per core (`parallel.set_cpu_device_count`), as the
+The process asks XLA for one CPU device per core and, on jaxlib 0.10, for its Eigen kernels
+instead of the single-threaded YNNPACK fusions (`parallel.set_cpu_device_count`), as the
 launch programs do. Timings exclude compilation except in `first`.
 """
 
