@@ -263,11 +263,12 @@ def set_cpu_device_count(count: int | None = None) -> bool:
     """Ask XLA for `count` host devices (default: the number of CPU cores) via XLA_FLAGS.
 
     Only effective before JAX initialises its backends, so launch programs call this before
-    importing anything that touches devices. Does nothing when the flag is already set, when
-    JAX_PLATFORMS names a non-CPU platform, or when `count` < 2. Returns whether it set it.
+    importing anything that touches devices. Does nothing when JAX_PLATFORMS names a
+    non-CPU platform; leaves the device count alone when its flag is already set or when
+    `count` < 2. Returns whether it set the device count.
 
-    On jaxlib 0.10 it also turns off the YNNPACK fusions (`CPU_YNN_FLAG`), unless XLA_FLAGS
-    names that flag already, whatever `count` is: with them off, XLA's own kernels run a
+    On CPU with jaxlib 0.10 it also turns off the YNNPACK fusions (`CPU_YNN_FLAG`), unless
+    XLA_FLAGS names that flag already, whatever `count` is: with them off, XLA's own kernels run a
     device's convolutions on all its threads (measured side by side, README: U-Net sampling
     through the launcher 1.2x faster, MLP sampling 1.2-1.4x, the 4.4M U-Net's train step 1.13x,
     the 1.11M one unchanged, the CIFAR miniature's 0.94x; the same losses to 5 digits).
